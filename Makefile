@@ -1,0 +1,61 @@
+# HeteroPod: the two commands are `make demo` and `make test` (see README.md).
+# Every target installs what it needs first and is safe to repeat.
+
+SHELL        := /bin/bash
+CARGO        ?= cargo
+export HETEROPOD_STATE ?= /run/heteropod
+export HETEROPOD_ROOT  ?= /var/lib/heteropod
+export CONTAINERD_ADDRESS ?= $(HETEROPOD_STATE)/containerd.sock
+HOST_TRIPLE  := $(shell rustc -vV 2>/dev/null | sed -n 's/^host: //p')
+
+.PHONY: all deps build demo test test-unit test-conformance up down bench-shim bench-net lint critest clean
+
+all: build
+
+deps:
+	@hack/install-deps.sh
+
+build: deps
+	@echo "==> cargo build --release"
+	@$(CARGO) build --release --workspace --bins
+	@echo "==> cargo build --profile shim (small static shim for containerd)"
+	@RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --profile shim \
+		-p heteropod-shim --target $(HOST_TRIPLE)
+
+up: build
+	@hack/up.sh
+
+down:
+	@hack/down.sh
+
+demo: build
+	@hack/demo.sh
+
+# Unit and namespace tests for every crate, then the CRI suite against the private
+# containerd for both handlers; the suite's containerd is always torn down.
+test: build
+	@$(MAKE) --no-print-directory test-unit
+	@$(MAKE) --no-print-directory test-conformance
+
+test-unit:
+	@echo "==> cargo test (workspace, without the CRI suite)"
+	@$(CARGO) test --release --workspace --exclude heteropod-conformance
+
+test-conformance:
+	@hack/run-conformance.sh
+
+bench-shim: build
+	@hack/bench-shim.sh
+
+bench-net: build
+	@hack/bench-net.sh
+
+critest: build
+	@hack/run-critest.sh
+
+lint:
+	@$(CARGO) fmt --all -- --check
+	@$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+clean: down
+	@$(CARGO) clean

@@ -1,0 +1,197 @@
+#!/bin/bash
+# Build the offline test images and import them into the private containerd.
+#   localhost/heteropod/pause:1.0    static pause from hack/images/pause.c
+#   localhost/heteropod/busybox:1.0  Debian's dynamic busybox, applets as hard links
+# Archives are cached under $IMAGE_CACHE and rebuilt only when an input changes;
+# an image already in containerd with the same manifest digest is not re-imported.
+# Usage: images.sh [--build-only]
+set -euo pipefail
+# shellcheck source=lib.sh
+source "$(dirname "$0")/lib.sh"
+
+BUILD_ONLY=0
+[[ ${1:-} == --build-only ]] && BUILD_ONLY=1
+
+OCI_ARCH="$(dpkg --print-architecture)"
+# Fixed timestamps and owners make the archives, and so the digests, reproducible.
+TAR_FLAGS=(--sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 --format=gnu)
+
+sha256() {
+    sha256sum "$1" | cut -d' ' -f1
+}
+
+# Write a blob into the layout's blob store and print its sha256.
+put_blob() {
+    local layout=$1 file=$2 digest
+    digest="$(sha256 "$file")"
+    mv -f "$file" "$layout/blobs/sha256/$digest"
+    printf '%s\n' "$digest"
+}
+
+# Turn a root filesystem directory into a one-layer OCI archive.
+# Args: rootfs out.tar image-ref entrypoint-json cmd-json
+write_oci_archive() {
+    local rootfs=$1 out=$2 ref=$3 entrypoint=$4 cmd=$5
+    local layout tmp diff_id layer_digest layer_size config_digest config_size
+    local manifest_digest manifest_size
+    layout="$(mktemp -d "$IMAGE_CACHE/layout.XXXXXX")"
+    mkdir -p "$layout/blobs/sha256"
+    tmp="$layout/tmp"
+
+    tar "${TAR_FLAGS[@]}" -C "$rootfs" -cf "$tmp" .
+    diff_id="$(sha256 "$tmp")"
+    gzip -n -6 -c "$tmp" >"$tmp.gz"
+    rm -f "$tmp"
+    layer_size="$(stat -c %s "$tmp.gz")"
+    layer_digest="$(put_blob "$layout" "$tmp.gz")"
+
+    cat >"$tmp" <<EOF
+{"created":"1970-01-01T00:00:00Z","architecture":"$OCI_ARCH","os":"linux","config":{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"Entrypoint":$entrypoint,"Cmd":$cmd,"WorkingDir":"/"},"rootfs":{"type":"layers","diff_ids":["sha256:$diff_id"]},"history":[{"created":"1970-01-01T00:00:00Z","created_by":"HeteroPod hack/images.sh"}]}
+EOF
+    config_size="$(stat -c %s "$tmp")"
+    config_digest="$(put_blob "$layout" "$tmp")"
+
+    cat >"$tmp" <<EOF
+{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:$config_digest","size":$config_size},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:$layer_digest","size":$layer_size}]}
+EOF
+    manifest_size="$(stat -c %s "$tmp")"
+    manifest_digest="$(put_blob "$layout" "$tmp")"
+
+    # io.containerd.image.name gives ctr import the full name; ref.name (the tag)
+    # keeps the layout usable by skopeo as oci:DIR:TAG.
+    printf '{"imageLayoutVersion":"1.0.0"}\n' >"$layout/oci-layout"
+    cat >"$layout/index.json" <<EOF
+{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:$manifest_digest","size":$manifest_size,"platform":{"architecture":"$OCI_ARCH","os":"linux"},"annotations":{"io.containerd.image.name":"$ref","org.opencontainers.image.ref.name":"${ref##*:}"}}]}
+EOF
+    tar "${TAR_FLAGS[@]}" -C "$layout" -cf "$out.tmp" .
+    mv -f "$out.tmp" "$out"
+    printf 'sha256:%s\n' "$manifest_digest" >"$out.digest"
+    rm -rf "$layout"
+}
+
+# Hash of everything an image is built from; the archive is reused while it matches.
+inputs_hash() {
+    {
+        sha256sum "$@" "$0"
+        printf '%s\n' "$PAUSE_IMAGE" "$BUSYBOX_IMAGE" "$OCI_ARCH"
+    } | sha256sum | cut -d' ' -f1
+}
+
+# True when $1 (archive) exists and was built from inputs hashing to $2.
+up_to_date() {
+    [[ -f $1 && -f $1.digest && -f $1.inputs && "$(<"$1.inputs")" == "$2" ]]
+}
+
+build_pause() {
+    local out=$IMAGE_CACHE/pause.tar src=$REPO/hack/images/pause.c hash rootfs
+    hash="$(inputs_hash "$src")"
+    if up_to_date "$out" "$hash"; then
+        log "pause image archive up to date ($out)"
+        return
+    fi
+    log "building $PAUSE_IMAGE"
+    rootfs="$(mktemp -d "$IMAGE_CACHE/pause-rootfs.XXXXXX")"
+    gcc -static -O2 -Wall -Wextra -o "$rootfs/pause" "$src"
+    strip "$rootfs/pause"
+    write_oci_archive "$rootfs" "$out" "$PAUSE_IMAGE" '["/pause"]' 'null'
+    rm -rf "$rootfs"
+    printf '%s\n' "$hash" >"$out.inputs"
+}
+
+# The busybox .deb, downloaded once into the cache.
+busybox_deb() {
+    local dir=$IMAGE_CACHE/debs deb
+    mkdir -p "$dir"
+    deb="$(find "$dir" -maxdepth 1 -name 'busybox_*.deb' | sort | tail -n1)"
+    if [[ -z $deb ]]; then
+        log "apt-get download busybox" >&2
+        if ! (cd "$dir" && apt-get download busybox >/dev/null 2>&1); then
+            apt-get update -q >&2
+            (cd "$dir" && apt-get download busybox >/dev/null 2>&1) ||
+                die "cannot download Debian's busybox package"
+        fi
+        deb="$(find "$dir" -maxdepth 1 -name 'busybox_*.deb' | sort | tail -n1)"
+    fi
+    [[ -n $deb ]] || die "no busybox .deb in $dir"
+    printf '%s\n' "$deb"
+}
+
+# Shared objects a binary loads (ldd's resolved paths and the ELF interpreter).
+shared_libs() {
+    ldd "$1" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }'
+}
+
+build_busybox() {
+    local out=$IMAGE_CACHE/busybox.tar deb hash rootfs lib applet
+    local -a libs
+    deb="$(busybox_deb)"
+    local unpacked="$IMAGE_CACHE/busybox-deb"
+    rm -rf "$unpacked"
+    dpkg-deb -x "$deb" "$unpacked"
+    mapfile -t libs < <(shared_libs "$unpacked/bin/busybox")
+    ((${#libs[@]} > 0)) || die "busybox from $deb is not dynamically linked; want Debian's 'busybox', not 'busybox-static'"
+    hash="$(inputs_hash "$deb" "${libs[@]}")"
+    if up_to_date "$out" "$hash"; then
+        log "busybox image archive up to date ($out)"
+        rm -rf "$unpacked"
+        return
+    fi
+    log "building $BUSYBOX_IMAGE from $(basename "$deb")"
+    rootfs="$(mktemp -d "$IMAGE_CACHE/busybox-rootfs.XXXXXX")"
+    chmod 755 "$rootfs"
+    mkdir -p "$rootfs"/{bin,etc,root,home,var,usr,dev,proc,sys}
+    install -d -m 1777 "$rootfs/tmp"
+    install -m 755 "$unpacked/bin/busybox" "$rootfs/bin/busybox"
+    for lib in "${libs[@]}"; do
+        # Same path as on the host: the binary's interpreter path is absolute.
+        install -D -m 755 "$(readlink -f "$lib")" "$rootfs$lib"
+    done
+    # Hard links, not symlinks: tests mask /bin/ls and expect sh -c ls to obey.
+    while read -r applet; do
+        [[ -z $applet || $applet == busybox || $applet == */* ]] && continue
+        ln -f "$rootfs/bin/busybox" "$rootfs/bin/$applet"
+    done < <("$unpacked/bin/busybox" --list)
+    cat >"$rootfs/etc/passwd" <<'EOF'
+root:x:0:0:root:/root:/bin/sh
+user:x:1000:1000:user:/home/user:/bin/sh
+nobody:x:65534:65534:nobody:/nonexistent:/bin/false
+EOF
+    cat >"$rootfs/etc/group" <<'EOF'
+root:x:0:
+user:x:1000:
+nogroup:x:65534:
+EOF
+    install -d -m 755 -o 1000 -g 1000 "$rootfs/home/user"
+    write_oci_archive "$rootfs" "$out" "$BUSYBOX_IMAGE" 'null' '["sh"]'
+    rm -rf "$rootfs" "$unpacked"
+    printf '%s\n' "$hash" >"$out.inputs"
+}
+
+# Import unless containerd already has this exact manifest under that name.
+import_image() {
+    local ref=$1 archive=$2 want have
+    want="$(<"$archive.digest")"
+    have="$(hp_ctr images ls "name==$ref" 2>/dev/null | awk -v r="$ref" '$1 == r { print $3 }')"
+    if [[ $have == "$want" ]]; then
+        log "$ref already imported ($want)"
+        return
+    fi
+    log "importing $ref"
+    hp_ctr images import --snapshotter "$CONTAINERD_SNAPSHOTTER" "$archive" >/dev/null
+    have="$(hp_ctr images ls "name==$ref" | awk -v r="$ref" '$1 == r { print $3 }')"
+    [[ $have == "$want" ]] || die "import of $archive did not produce $ref ($want), got '${have:-nothing}'"
+}
+
+main() {
+    mkdir -p "$IMAGE_CACHE"
+    # Left by an interrupted run.
+    rm -rf "$IMAGE_CACHE"/layout.* "$IMAGE_CACHE"/*-rootfs.* "$IMAGE_CACHE"/busybox-deb
+    build_pause
+    build_busybox
+    ((BUILD_ONLY)) && return
+    containerd_healthy || die "private containerd is not running at $CONTAINERD_ADDRESS (run hack/up.sh)"
+    import_image "$PAUSE_IMAGE" "$IMAGE_CACHE/pause.tar"
+    import_image "$BUSYBOX_IMAGE" "$IMAGE_CACHE/busybox.tar"
+}
+
+main

@@ -1,0 +1,266 @@
+//! `heteronet-bench`: the `make bench-net` driver.
+//!
+//! Builds its own network namespaces and measures, in one run, 64-byte echo RTT,
+//! throughput of 64 KiB writes, idle CPU of the relays and RTT under many
+//! concurrent ping-pong streams, for: loopback in one netns, veth between two
+//! netns, a socat TCP -> Unix -> TCP relay, the HeteroNet relay (elastic and
+//! busy-poll) and the bare ring. Prints a table and writes JSON.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use serde_json::{json, Value};
+
+#[path = "heteronet-bench/measure.rs"]
+mod measure;
+#[path = "heteronet-bench/topo.rs"]
+mod topo;
+
+use measure::*;
+use topo::*;
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// JSON output file.
+    #[arg(long, default_value = "target/bench/net.json")]
+    out: PathBuf,
+    /// Seconds per RTT measurement.
+    #[arg(long, default_value_t = 1.5)]
+    rtt_secs: f64,
+    /// Seconds per throughput measurement.
+    #[arg(long, default_value_t = 2.0)]
+    tput_secs: f64,
+    /// Seconds of the idle CPU measurement per mode.
+    #[arg(long, default_value_t = 10.0)]
+    idle_secs: f64,
+    /// Seconds per concurrency step.
+    #[arg(long, default_value_t = 1.5)]
+    scale_secs: f64,
+    /// Runtime threads of each relay (passed as `--threads`).
+    #[arg(long, default_value_t = 1)]
+    relay_threads: usize,
+    /// Only loopback, veth and socat (no relay needed).
+    #[arg(long)]
+    baselines_only: bool,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let mut rtt: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
+    let mut tput: BTreeMap<&str, f64> = BTreeMap::new();
+    let mut idle: BTreeMap<&str, f64> = BTreeMap::new();
+    let mut scale: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
+    let mut notes: Vec<String> = Vec::new();
+
+    let veth = veth_pair("v", 1)?;
+    let srv_b = serve(&veth.b.path(), "0.0.0.0:7000".parse()?)?;
+    let _ = serve(&veth.a.path(), "127.0.0.1:7001".parse()?)?;
+    let paths: Vec<(&str, Path1)> = vec![
+        (
+            "loopback",
+            Path1 {
+                client_ns: veth.a.path(),
+                addr: "127.0.0.1:7001".parse()?,
+            },
+        ),
+        (
+            "veth",
+            Path1 {
+                client_ns: veth.a.path(),
+                addr: format!("10.98.1.2:{}", srv_b.port()).parse()?,
+            },
+        ),
+    ];
+    for (name, p) in &paths {
+        rtt.insert(name, measure_rtt(p, args.rtt_secs)?);
+        tput.insert(name, measure_tput(p, args.tput_secs)?);
+    }
+
+    // socat: TCP in A -> Unix socket -> TCP to the server on B's loopback.
+    {
+        let unix = format!("/tmp/heteronet-bench-socat-{}.sock", std::process::id());
+        let _ = std::fs::remove_file(&unix);
+        let _srv = serve(&veth.b.path(), "127.0.0.1:7002".parse()?)?;
+        let mk = |ns: &Netns, a: String, b: String| -> Result<Proc> {
+            Ok(Proc(
+                Command::new("ip")
+                    .args(["netns", "exec", &ns.0, "socat", &a, &b])
+                    .stdin(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .context("spawn socat")?,
+            ))
+        };
+        let _s1 = mk(
+            &veth.b,
+            format!("UNIX-LISTEN:{unix},fork"),
+            "TCP:127.0.0.1:7002,nodelay".into(),
+        )?;
+        thread::sleep(Duration::from_millis(200));
+        let _s2 = mk(
+            &veth.a,
+            "TCP-LISTEN:7003,bind=127.0.0.1,fork,reuseaddr,nodelay".into(),
+            format!("UNIX-CONNECT:{unix}"),
+        )?;
+        let p = Path1 {
+            client_ns: veth.a.path(),
+            addr: "127.0.0.1:7003".parse()?,
+        };
+        wait_ready(&p.client_ns, p.addr)?;
+        rtt.insert("relay_socat", measure_rtt(&p, args.rtt_secs)?);
+        tput.insert("relay_socat", measure_tput(&p, args.tput_secs)?);
+        let _ = std::fs::remove_file(&unix);
+    }
+
+    let relays: &[(&str, &str, &str)] = if args.baselines_only {
+        &[]
+    } else {
+        &[
+            ("relay_elastic", "e", "elastic"),
+            ("relay_busypoll", "p", "busy-poll"),
+        ]
+    };
+    for &(name, tag, mode) in relays {
+        let rp = relay_pair(tag, mode, args.relay_threads)?;
+        serve(&rp.pair.b.path(), "127.0.0.1:7004".parse()?)?;
+        let p = Path1 {
+            client_ns: rp.pair.a.path(),
+            addr: "127.0.0.1:7004".parse()?,
+        };
+        wait_ready(&p.client_ns, p.addr)?;
+        rtt.insert(name, measure_rtt(&p, args.rtt_secs)?);
+        tput.insert(name, measure_tput(&p, args.tput_secs)?);
+        // Idle: 100 connections open, nothing sent.
+        let conns = join(in_ns(&p.client_ns, move || {
+            (0..100)
+                .map(|_| connect(p.addr, b'E'))
+                .collect::<Result<Vec<_>>>()
+        }))?;
+        thread::sleep(Duration::from_millis(500));
+        let pids = [rp.cpu.0.id(), rp.dpu.0.id()];
+        let t0: u64 = pids.iter().map(|p| cpu_ticks(*p)).sum::<Result<u64>>()?;
+        let start = Instant::now();
+        thread::sleep(Duration::from_secs_f64(args.idle_secs));
+        let t1: u64 = pids.iter().map(|p| cpu_ticks(*p)).sum::<Result<u64>>()?;
+        idle.insert(
+            name,
+            round2((t1 - t0) as f64 / CLK_TCK / start.elapsed().as_secs_f64() * 100.0),
+        );
+        drop(conns);
+        let key = if mode == "elastic" {
+            "elastic"
+        } else {
+            "busypoll"
+        };
+        for n in [1usize, 8, 64, 256] {
+            let p99 = measure_scale(
+                &Path1 {
+                    client_ns: p.client_ns.clone(),
+                    addr: p.addr,
+                },
+                n,
+                args.scale_secs,
+            )?;
+            scale
+                .entry(key.to_string())
+                .or_default()
+                .insert(n.to_string(), p99);
+        }
+    }
+
+    match ring_rtt() {
+        Ok(Some(r)) => {
+            rtt.insert("ring", r);
+        }
+        Ok(None) => notes.push("ring: no ring round-trip function in this build".into()),
+        Err(e) => notes.push(format!("ring: {e:#}")),
+    }
+
+    print_table(&rtt, &tput, &idle, &scale);
+    for n in &notes {
+        println!("note: {n}");
+    }
+    let doc = json!({
+        "rtt_us": rtt.iter().map(|(k, (a, b))| (k.to_string(), json!({"p50": a, "p99": b}))).collect::<serde_json::Map<String, Value>>(),
+        "throughput_gbps": tput,
+        "idle_cpu_pct": idle,
+        "scale_p99_us": scale,
+    });
+    if let Some(dir) = args.out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&args.out, serde_json::to_string_pretty(&doc)?)?;
+    println!("JSON: {}", args.out.display());
+    Ok(())
+}
+
+/// Bare ring round trip (both ends spinning), from the library.
+fn ring_rtt() -> Result<Option<(f64, f64)>> {
+    let mut v = heteronet::bench::ring_rtt(200_000)?;
+    let (p50, p99) = heteronet::bench::percentiles_us(&mut v);
+    Ok(Some((round2(p50), round2(p99))))
+}
+
+fn print_table(
+    rtt: &BTreeMap<&str, (f64, f64)>,
+    tput: &BTreeMap<&str, f64>,
+    idle: &BTreeMap<&str, f64>,
+    scale: &BTreeMap<String, BTreeMap<String, f64>>,
+) {
+    let veth_p50 = rtt.get("veth").map(|x| x.0).unwrap_or(f64::NAN);
+    let veth_t = tput.get("veth").copied().unwrap_or(f64::NAN);
+    println!("64-byte echo round trip (client write -> server echo -> client read), microseconds");
+    println!(
+        "{:<16} {:>10} {:>10} {:>9} {:>10} {:>9}",
+        "path", "RTT p50us", "RTT p99us", "p50/veth", "Gbit/s", "tput/veth"
+    );
+    for name in [
+        "loopback",
+        "veth",
+        "relay_socat",
+        "relay_elastic",
+        "relay_busypoll",
+        "ring",
+    ] {
+        let Some((p50, p99)) = rtt.get(name) else {
+            continue;
+        };
+        let t = tput.get(name).copied();
+        println!(
+            "{:<16} {:>10.1} {:>10.1} {:>9.2} {:>10} {:>9}",
+            name,
+            p50,
+            p99,
+            p50 / veth_p50,
+            t.map(|t| format!("{t:.2}")).unwrap_or_else(|| "-".into()),
+            t.map(|t| format!("{:.2}", t / veth_t))
+                .unwrap_or_else(|| "-".into()),
+        );
+    }
+    if let (Some(e), Some(s)) = (rtt.get("relay_elastic"), rtt.get("relay_socat")) {
+        println!("relay_elastic p50 / relay_socat p50 = {:.2}", e.0 / s.0);
+    }
+    for (k, v) in idle {
+        println!("idle CPU {k:<16} {v:>6.2} % of one core (both relays, 100 idle connections)");
+    }
+    println!(
+        "{:<10} {:>10} {:>10} {:>10} {:>10}",
+        "p99 us", "n=1", "n=8", "n=64", "n=256"
+    );
+    for (mode, m) in scale {
+        let g = |n: &str| m.get(n).map(|x| format!("{x:.1}")).unwrap_or_default();
+        println!(
+            "{:<10} {:>10} {:>10} {:>10} {:>10}",
+            mode,
+            g("1"),
+            g("8"),
+            g("64"),
+            g("256")
+        );
+    }
+}

@@ -1,0 +1,172 @@
+//! Many streams and control messages over one [`Link`](crate::Link).
+//!
+//! One task drives the rx ring and copies each DATA payload into its stream's
+//! buffer (bounded by the per-stream credit window, so a stalled reader never
+//! blocks the ring). Writers push frames straight into the tx ring under a
+//! short lock and publish at once; when the ring is full they wait for space
+//! through the same elastic notification. Frames the rx task itself must send
+//! (credit, resets) never block it: they go out directly or through a queue.
+
+mod driver;
+pub mod frame;
+mod shared;
+mod stream;
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+pub use frame::{Destination, Proto};
+pub use stream::MuxStream;
+
+use crate::error::{Error, Result};
+use crate::link::LinkSource;
+use shared::Shared;
+
+/// Mux settings.
+#[derive(Debug, Clone, Copy)]
+pub struct MuxConfig {
+    /// Per-stream receive window (credit) in bytes.
+    pub window: u32,
+}
+
+impl Default for MuxConfig {
+    fn default() -> Self {
+        MuxConfig { window: 256 * 1024 }
+    }
+}
+
+/// Something that happened on the mux.
+#[derive(Debug)]
+pub enum MuxEvent {
+    /// The peer opened a stream.
+    Stream(MuxStream, Destination),
+    /// An opaque control message from the peer (ordered).
+    Control(Vec<u8>),
+    /// The peer went away (or the region was corrupted); all streams were reset.
+    PeerGone,
+    /// A peer is attached (first time and after every reconnect).
+    PeerUp,
+}
+
+/// Counters of one mux.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MuxStats {
+    pub connected: bool,
+    pub streams_open: u64,
+    pub streams_total: u64,
+    pub bytes_tx: u64,
+    pub bytes_rx: u64,
+    pub frames_tx: u64,
+    pub frames_rx: u64,
+    pub spins: u64,
+    pub sleeps: u64,
+    pub wakeups: u64,
+    pub doorbells: u64,
+    /// Spins cut short because the CPU was contended (elastic mode).
+    pub spin_preempted: u64,
+    pub peer_ups: u64,
+    pub link_errors: u64,
+}
+
+/// Starts muxes.
+#[derive(Debug)]
+pub struct Mux;
+
+impl Mux {
+    /// Starts a mux with default settings. Must be called inside a tokio runtime.
+    pub fn start(src: impl Into<LinkSource>) -> (MuxHandle, MuxEvents) {
+        Mux::start_with(src, MuxConfig::default())
+    }
+
+    pub fn start_with(src: impl Into<LinkSource>, config: MuxConfig) -> (MuxHandle, MuxEvents) {
+        let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        let shared = Shared::new(config, ev_tx);
+        driver::spawn(shared.clone(), src.into());
+        (
+            MuxHandle {
+                guard: Arc::new(HandleGuard(shared)),
+            },
+            MuxEvents {
+                rx: ev_rx,
+                done: false,
+            },
+        )
+    }
+}
+
+#[derive(Debug)]
+struct HandleGuard(Arc<Shared>);
+
+impl Drop for HandleGuard {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+/// Opens streams and sends control messages. Cloneable; the mux stops when
+/// the last handle is dropped or [`MuxHandle::close`] is called.
+#[derive(Debug, Clone)]
+pub struct MuxHandle {
+    guard: Arc<HandleGuard>,
+}
+
+impl MuxHandle {
+    fn shared(&self) -> &Arc<Shared> {
+        &self.guard.0
+    }
+
+    /// Opens a stream to `dest` on the peer. Fails with [`Error::PeerGone`]
+    /// when no peer is attached.
+    pub async fn open(&self, dest: Destination) -> Result<MuxStream> {
+        self.shared().open(dest).await
+    }
+
+    /// Sends an opaque control message (ordered with other control messages).
+    pub async fn send_control(&self, msg: Vec<u8>) -> Result<()> {
+        self.shared().send_control(msg).await
+    }
+
+    pub fn stats(&self) -> MuxStats {
+        self.shared().stats()
+    }
+
+    /// Whether a peer is attached now.
+    pub fn is_connected(&self) -> bool {
+        *self.shared().up.borrow()
+    }
+
+    /// Waits until a peer is attached.
+    pub async fn connected(&self) -> Result<()> {
+        let mut rx = self.shared().up.subscribe();
+        rx.wait_for(|up| *up).await.map_err(|_| Error::Closed)?;
+        Ok(())
+    }
+
+    /// Stops the mux: all streams are reset and the link is dropped.
+    pub fn close(&self) {
+        self.shared().close();
+    }
+}
+
+/// The stream of [`MuxEvent`]s. Ends (`None`) when the mux stops.
+#[derive(Debug)]
+pub struct MuxEvents {
+    rx: mpsc::UnboundedReceiver<Option<MuxEvent>>,
+    done: bool,
+}
+
+impl MuxEvents {
+    pub async fn next(&mut self) -> Option<MuxEvent> {
+        if self.done {
+            return None;
+        }
+        match self.rx.recv().await {
+            Some(Some(ev)) => Some(ev),
+            _ => {
+                self.done = true;
+                None
+            }
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! Region creation, opening and header validation over real shm/memfd mappings.
+
+use std::sync::Arc;
+
+use heteronet::error::{Error, HeaderError};
+use heteronet::shm::{Region, RegionAddr};
+
+fn unique_shm(tag: &str) -> RegionAddr {
+    format!("shm:/heteronet-test/{tag}-{}", std::process::id())
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn shm_region_is_created_0600_opened_and_removed_on_drop() {
+    use std::os::unix::fs::PermissionsExt;
+    let addr = unique_shm("create");
+    let path = addr.file_path().unwrap();
+    let sut = Region::create(&addr, Some(64 * 1024), 0).unwrap();
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let opened = Region::open(&addr).unwrap();
+    assert_eq!(opened.header(), sut.header());
+    assert_eq!(opened.generation(), 1);
+    sut.bump_generation();
+    assert_eq!(opened.generation(), 2);
+    drop(opened);
+    assert!(path.exists());
+    drop(sut);
+    assert!(!path.exists());
+}
+
+#[test]
+fn open_reports_bad_magic_version_and_layout() {
+    let addr = unique_shm("bad");
+    let sut = Region::create(&addr, Some(16 * 1024), 1).unwrap();
+    sut.poke(0, b"XXXXXXXX").unwrap();
+    assert!(matches!(
+        Region::open(&addr),
+        Err(Error::Header(HeaderError::BadMagic(_)))
+    ));
+    let good = Region::create(&addr, Some(16 * 1024), 1).unwrap();
+    drop(sut);
+    good.poke(8, &7u32.to_le_bytes()).unwrap();
+    assert!(matches!(
+        Region::open(&addr),
+        Err(Error::Header(HeaderError::Version { found: 7, .. }))
+    ));
+    good.poke(8, &1u32.to_le_bytes()).unwrap();
+    good.poke(16, &u64::MAX.to_le_bytes()).unwrap();
+    assert!(matches!(
+        Region::open(&addr),
+        Err(Error::Header(HeaderError::SizeMismatch { .. }))
+    ));
+}
+
+#[test]
+fn open_of_missing_or_tiny_region_is_an_error() {
+    let addr = unique_shm("missing");
+    assert!(matches!(Region::open(&addr), Err(Error::RegionIo { .. })));
+    let path = addr.file_path().unwrap();
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, b"tiny").unwrap();
+    let r = Region::open(&addr);
+    std::fs::remove_file(&path).unwrap();
+    assert!(matches!(r, Err(Error::Header(HeaderError::TooSmall(4)))));
+}
+
+#[test]
+fn memfd_region_rings_carry_records_between_handles() {
+    let sut = Arc::new(Region::create(&RegionAddr::Memfd, Some(8192), 0).unwrap());
+    let ring = sut.ring(0).unwrap();
+    let mut p = ring.acquire_producer().unwrap();
+    let mut c = ring.acquire_consumer().unwrap();
+    assert!(ring.acquire_producer().is_none());
+    assert!(p.try_push(&[b"hello ", b"world"]).unwrap());
+    assert_eq!(c.pop().unwrap(), None, "unpublished records are invisible");
+    p.publish();
+    assert_eq!(c.pop().unwrap().unwrap(), b"hello world");
+    assert!(sut.ring(2).is_err());
+}
+
+#[test]
+fn reinit_heals_a_scribbled_header_and_bumps_generation() {
+    let addr = unique_shm("reinit");
+    let sut = Region::create(&addr, Some(16 * 1024), 0).unwrap();
+    sut.poke(0, b"garbage!").unwrap();
+    sut.poke(40, &[0xff; 40]).unwrap();
+    assert!(Region::open(&addr).is_err());
+    assert_eq!(sut.reinit(), 2);
+    let opened = Region::open(&addr).unwrap();
+    assert_eq!(opened.header().layout, sut.header().layout);
+    assert_eq!(opened.generation(), 2);
+}
+
+#[test]
+fn memfd_region_size_is_sealed_against_a_truncating_peer() {
+    let sut = Region::create(&RegionAddr::Memfd, Some(4096), 0).unwrap();
+    let fd = sut.fd().unwrap().try_clone_to_owned().unwrap();
+    let f = std::fs::File::from(fd);
+    assert!(f.set_len(0).is_err());
+    assert!(f.set_len(sut.len() * 2).is_err());
+}

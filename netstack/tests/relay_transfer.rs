@@ -1,0 +1,221 @@
+//! Byte-exact transfers, half-close, reset and many connections through the relays.
+
+mod relay_common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use relay_common::*;
+
+const MIB: usize = 1024 * 1024;
+
+#[test]
+fn transfer_of_64_mib_each_way_is_byte_exact() {
+    let pod = Pod::new();
+    // DPU server: checksums what it receives, then sends its own 64 MiB.
+    let addr: SocketAddr = "127.0.0.1:18090".parse().unwrap();
+    let (tx, rx) = mpsc::channel();
+    in_ns(&pod.dpu_path(), move || {
+        let l = TcpListener::bind(addr).unwrap();
+        std::thread::spawn(move || {
+            let (mut c, _) = l.accept().unwrap();
+            let mut h = FNV_INIT;
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut total = 0usize;
+            loop {
+                let n = c.read(&mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                fnv(&mut h, &buf[..n]);
+                total += n;
+            }
+            let mut data = vec![0u8; 64 * MIB];
+            pattern(2, &mut data);
+            c.write_all(&data).unwrap();
+            c.shutdown(Shutdown::Write).unwrap();
+            tx.send((total, h)).unwrap();
+        });
+    });
+    wait_mirror(&pod.cpu_path(), addr);
+    let (sent_h, got_total, got_h) = in_ns(&pod.cpu_path(), move || {
+        let mut c = TcpStream::connect(addr).unwrap();
+        let mut data = vec![0u8; 64 * MIB];
+        pattern(1, &mut data);
+        let mut sent_h = FNV_INIT;
+        fnv(&mut sent_h, &data);
+        for chunk in data.chunks(64 * 1024) {
+            c.write_all(chunk).unwrap();
+        }
+        c.shutdown(Shutdown::Write).unwrap();
+        let mut h = FNV_INIT;
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut total = 0usize;
+        loop {
+            let n = c.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            fnv(&mut h, &buf[..n]);
+            total += n;
+        }
+        (sent_h, total, h)
+    });
+    let (srv_total, srv_h) = rx.recv_timeout(Duration::from_secs(60)).unwrap();
+    assert_eq!(srv_total, 64 * MIB);
+    assert_eq!(srv_h, sent_h, "CPU -> DPU bytes differ");
+    let mut want = vec![0u8; 64 * MIB];
+    pattern(2, &mut want);
+    let mut want_h = FNV_INIT;
+    fnv(&mut want_h, &want);
+    assert_eq!(got_total, 64 * MIB);
+    assert_eq!(got_h, want_h, "DPU -> CPU bytes differ");
+}
+
+#[test]
+fn half_close_propagates_both_ways() {
+    let pod = Pod::new();
+    let addr: SocketAddr = "127.0.0.1:18091".parse().unwrap();
+    in_ns(&pod.cpu_path(), move || {
+        let l = TcpListener::bind(addr).unwrap();
+        std::thread::spawn(move || {
+            for mut c in l.incoming().flatten() {
+                // Read to EOF (the client's FIN), then answer and close.
+                let mut got = Vec::new();
+                c.read_to_end(&mut got).unwrap();
+                c.write_all(format!("got {} bytes", got.len()).as_bytes())
+                    .unwrap();
+            }
+        });
+    });
+    wait_mirror(&pod.dpu_path(), addr);
+    let reply = in_ns(&pod.dpu_path(), move || {
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.write_all(&[9u8; 1000]).unwrap();
+        c.shutdown(Shutdown::Write).unwrap();
+        let mut r = String::new();
+        c.read_to_string(&mut r).unwrap();
+        r
+    });
+    assert_eq!(reply, "got 1000 bytes");
+}
+
+#[test]
+fn client_reset_reaches_server_and_server_reset_reaches_client() {
+    let pod = Pod::new();
+    let addr: SocketAddr = "127.0.0.1:18092".parse().unwrap();
+    let (tx, rx) = mpsc::channel();
+    in_ns(&pod.dpu_path(), move || {
+        let l = TcpListener::bind(addr).unwrap();
+        std::thread::spawn(move || {
+            // First connection: the client resets; report what the server saw.
+            let (mut c, _) = l.accept().unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut b = [0u8; 4];
+            c.read_exact(&mut b).unwrap();
+            let r = c.read(&mut b).map_err(|e| e.kind());
+            tx.send(r).unwrap();
+            // Second connection: the server resets.
+            let (mut c, _) = l.accept().unwrap();
+            let mut b = [0u8; 4];
+            c.read_exact(&mut b).unwrap();
+            reset(c);
+        });
+    });
+    wait_mirror(&pod.cpu_path(), addr);
+    in_ns(&pod.cpu_path(), move || {
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.write_all(b"ping").unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        reset(c);
+    });
+    let seen = rx.recv_timeout(Duration::from_secs(15)).unwrap();
+    assert_eq!(seen, Err(ErrorKind::ConnectionReset), "{}", pod.logs());
+    let kind = in_ns(&pod.cpu_path(), move || {
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.write_all(b"ping").unwrap();
+        let mut b = [0u8; 4];
+        c.read(&mut b).map_err(|e| e.kind())
+    });
+    assert_eq!(kind, Err(ErrorKind::ConnectionReset), "{}", pod.logs());
+}
+
+#[test]
+fn thousand_concurrent_connections_all_echo() {
+    let pod = Pod::new();
+    let addr: SocketAddr = "127.0.0.1:18093".parse().unwrap();
+    in_ns(&pod.dpu_path(), move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let l = rt.block_on(async {
+            let s = tokio::net::TcpSocket::new_v4().unwrap();
+            s.bind(addr).unwrap();
+            s.listen(4096).unwrap()
+        });
+        std::thread::spawn(move || {
+            rt.block_on(async move {
+                loop {
+                    let (mut c, _) = l.accept().await.unwrap();
+                    tokio::spawn(async move {
+                        let (mut r, mut w) = c.split();
+                        let _ = tokio::io::copy(&mut r, &mut w).await;
+                    });
+                }
+            })
+        });
+    });
+    wait_mirror(&pod.cpu_path(), addr);
+    let ok = in_ns(&pod.cpu_path(), move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(1000));
+            let mut tasks = Vec::new();
+            for i in 0..1000u32 {
+                let barrier = barrier.clone();
+                tasks.push(tokio::spawn(async move {
+                    let c = tokio::net::TcpStream::connect(addr).await;
+                    // All 1000 are open at the same time before any traffic.
+                    barrier.wait().await;
+                    let mut c = c.ok()?;
+                    let msg = format!("conn-{i:05}-").repeat(100);
+                    c.write_all(msg.as_bytes()).await.ok()?;
+                    let mut back = vec![0u8; msg.len()];
+                    tokio::time::timeout(
+                        std::time::Duration::from_secs(60),
+                        c.read_exact(&mut back),
+                    )
+                    .await
+                    .ok()?
+                    .ok()?;
+                    (back == msg.as_bytes()).then_some(())
+                }));
+            }
+            let mut ok = 0;
+            for t in tasks {
+                if let Ok(Some(())) = t.await {
+                    ok += 1;
+                }
+            }
+            ok
+        })
+    });
+    assert_eq!(ok, 1000, "{}", pod.logs());
+}
+
+fn wait_mirror(ns: &std::path::Path, addr: SocketAddr) {
+    in_ns(ns, move || {
+        eventually(20, "mirror", || {
+            TcpListener::bind(addr).is_err().then_some(())
+        })
+    });
+}

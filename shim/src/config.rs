@@ -1,0 +1,188 @@
+//! Node configuration, `/etc/heteropod/config.toml` (or the runtime option `ConfigPath`).
+//!
+//! A missing file means defaults. Unknown keys are rejected so a typo never
+//! silently changes placement.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/heteropod/config.toml";
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `error`, `warn`, `info`, `debug` or `trace`.
+    pub log_level: Option<String>,
+    pub runc: RuncConfig,
+    pub dpu: DpuConfig,
+    pub placement: PlacementPolicy,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuncConfig {
+    /// OCI runtime binary, used when the runtime options name none.
+    pub binary: String,
+    /// runc state root, used when the runtime options name none.
+    pub root: String,
+    pub systemd_cgroup: bool,
+}
+
+impl Default for RuncConfig {
+    fn default() -> Self {
+        Self {
+            binary: "runc".into(),
+            root: "/run/heteropod/runc".into(),
+            systemd_cgroup: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DpuConfig {
+    /// Whether a DPU is attached to this node at all.
+    pub enabled: bool,
+    /// dpu-proxy endpoint, e.g. `unix:///run/heteropod/dpu-proxy.sock`.
+    pub endpoint: String,
+    pub cores: u32,
+    pub memory_mb: u64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlacementPolicy {
+    /// Container-name patterns (`*` wildcard) of known infrastructure containers.
+    pub infra_names: Vec<String>,
+    /// Image-reference patterns (`*` wildcard) of known infrastructure containers.
+    pub infra_images: Vec<String>,
+}
+
+impl Config {
+    /// Parses a config document; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config> {
+        let config: Config = toml::from_str(text).map_err(|e| Error::Config {
+            path: origin.to_string(),
+            message: e.message().to_string(),
+        })?;
+        config.validate(origin)?;
+        Ok(config)
+    }
+
+    /// Loads `path`, or the default path when `None`. An absent file gives defaults.
+    pub fn load(path: Option<&str>) -> Result<Config> {
+        let path = path
+            .filter(|p| !p.is_empty())
+            .unwrap_or(DEFAULT_CONFIG_PATH);
+        match std::fs::read_to_string(Path::new(path)) {
+            Ok(text) => Config::parse(&text, path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
+            Err(e) => Err(Error::Config {
+                path: path.to_string(),
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    fn validate(&self, origin: &str) -> Result<()> {
+        let bad = |message: String| Error::Config {
+            path: origin.to_string(),
+            message,
+        };
+        if let Some(level) = &self.log_level {
+            if !["error", "warn", "info", "debug", "trace"].contains(&level.as_str()) {
+                return Err(bad(format!(
+                    "log_level {level:?} is not one of error, warn, info, debug, trace"
+                )));
+            }
+        }
+        if self.runc.binary.is_empty() {
+            return Err(bad("runc.binary must not be empty".into()));
+        }
+        if !self.runc.root.starts_with('/') {
+            return Err(bad(format!(
+                "runc.root {:?} must be absolute",
+                self.runc.root
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_document_gives_defaults() {
+        let sut = Config::parse("", "test").unwrap();
+        assert_eq!(sut, Config::default());
+        assert_eq!(sut.runc.binary, "runc");
+        assert!(!sut.dpu.enabled);
+    }
+
+    #[test]
+    fn missing_file_gives_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("absent.toml");
+        let sut = Config::load(Some(path.to_str().unwrap())).unwrap();
+        assert_eq!(sut, Config::default());
+    }
+
+    #[test]
+    fn full_document_is_read() {
+        let text = r#"
+            log_level = "debug"
+            [runc]
+            binary = "/usr/sbin/runc"
+            root = "/run/x"
+            systemd_cgroup = true
+            [dpu]
+            enabled = true
+            endpoint = "unix:///run/heteropod/dpu.sock"
+            cores = 2
+            memory_mb = 1024
+            [placement]
+            infra_names = ["envoy", "istio-*"]
+            infra_images = ["*/fluent-bit:*"]
+        "#;
+        let sut = Config::parse(text, "test").unwrap();
+        assert_eq!(sut.runc.binary, "/usr/sbin/runc");
+        assert!(sut.runc.systemd_cgroup);
+        assert_eq!(sut.dpu.cores, 2);
+        assert_eq!(sut.placement.infra_names, ["envoy", "istio-*"]);
+    }
+
+    #[test]
+    fn unknown_key_is_a_clear_error() {
+        let err = Config::parse("[runc]\nbinry = \"runc\"\n", "/etc/x.toml").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("/etc/x.toml"), "{text}");
+        assert!(text.contains("binry"), "{text}");
+    }
+
+    #[test]
+    fn malformed_toml_is_a_clear_error() {
+        let err = Config::parse("[runc\n", "cfg").unwrap_err();
+        assert!(matches!(err, Error::Config { .. }), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_rejected() {
+        assert!(Config::parse("log_level = \"loud\"", "cfg").is_err());
+        assert!(Config::parse("[runc]\nroot = \"relative\"", "cfg").is_err());
+        assert!(Config::parse("[runc]\nbinary = \"\"", "cfg").is_err());
+        assert!(Config::parse("[dpu]\ncores = \"two\"", "cfg").is_err());
+    }
+
+    #[test]
+    fn unreadable_path_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        // A directory cannot be read as a file.
+        let err = Config::load(Some(dir.path().to_str().unwrap())).unwrap_err();
+        assert!(matches!(err, Error::Config { .. }), "{err}");
+    }
+}

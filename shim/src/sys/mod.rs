@@ -1,0 +1,4 @@
+//! The few places that need `unsafe`: taking ownership of a received descriptor
+//! and the terminal-size ioctl. Everything else in the shim is safe code.
+
+pub mod fd;
