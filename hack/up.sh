@@ -8,11 +8,14 @@ source "$(dirname "$0")/lib.sh"
 need_root
 
 print_usage_hint() {
+    local registry="registry: off (HETEROPOD_REGISTRY=0): images are imported only"
+    [[ $HETEROPOD_REGISTRY == 0 ]] ||
+        registry="registry: http://$REGISTRY_ADDRESS serves \"$REGISTRY_HOST/...\" images to CRI PullImage"
     cat <<EOF
 ==> containerd: unix://$CONTAINERD_ADDRESS
     CRI runtime handlers: runc (default), heteropod
     images: $PAUSE_IMAGE (sandbox), $BUSYBOX_IMAGE
-    registry: http://$REGISTRY_ADDRESS serves "$REGISTRY_HOST/..." images to CRI PullImage
+    $registry
     ctr:     ctr -a $CONTAINERD_ADDRESS -n $CONTAINERD_NAMESPACE containers ls
     crictl (if installed): crictl --runtime-endpoint unix://$CONTAINERD_ADDRESS ps -a
     config:  $CONTAINERD_CONFIG   log: $CONTAINERD_LOG
