@@ -73,7 +73,10 @@ async fn run(ctx: &Ctx) -> Result<()> {
     })
     .await
     .context("host could not reach the app through the port mapping")?;
-    ensure!(from_host.contains("hello from the app"), "unexpected body {from_host:?}");
+    ensure!(
+        from_host.contains("hello from the app"),
+        "unexpected body {from_host:?}"
+    );
 
     println!();
     println!("Pod {} ({pod_ip})", short(&pod.id));
@@ -86,10 +89,7 @@ async fn run(ctx: &Ctx) -> Result<()> {
             s.rss_kib
         );
     }
-    println!(
-        "  {:<10} {:<14} {:<6} {:<10} {}",
-        "container", "id", "runs on", "cpuset", "state"
-    );
+    println!("  container  id             runs on cpuset     state");
     for (name, id) in [(APP, &app), (AGENT, &agent)] {
         let st = ctx.cri().container_status(id).await?;
         println!(

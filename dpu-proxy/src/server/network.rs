@@ -1,0 +1,390 @@
+//! The DPU half of a Pod network: a netns named after the Pod under the
+//! agent's state dir (loopback up, the Pod IP on a dummy device, or a veth
+//! kept inside the netns where `dummy` is missing), and the
+//! DPU-side `heteronet` relay, restarted by its owner if it dies.
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use nix::{mount::MntFlags, sys::signal::Signal, unistd::Pid};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::{process::proc_start_time, reaper::Reaper};
+use crate::{
+    error::{Error, Result},
+    ids::validate_id,
+};
+
+/// Name of the device carrying the Pod IP in the DPU half.
+pub const POD_DEVICE: &str = "hp-pod0";
+/// Peer of [`POD_DEVICE`] when it has to be a veth.
+const POD_PEER: &str = "hp-pod0-peer";
+const RELAY_RESTART_DELAY: Duration = Duration::from_millis(500);
+const RELAY_STOP_GRACE: Duration = Duration::from_secs(3);
+
+/// A Pod network as persisted under `<state>/pods/<pod>.json`, so a
+/// restarted agent takes it over (and replaces its relay).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct PodRecord {
+    pod_id: String,
+    netns: PathBuf,
+    region: String,
+    rendezvous: String,
+    pod_ip: String,
+    relay_pid: u32,
+    relay_start_time: u64,
+}
+
+impl PodRecord {
+    fn save(&self, dir: &Path) {
+        let path = dir.join(format!("{}.json", self.pod_id));
+        let tmp = path.with_extension("tmp");
+        let ok = serde_json::to_vec(self)
+            .map_err(std::io::Error::other)
+            .and_then(|d| std::fs::write(&tmp, d))
+            .and_then(|_| std::fs::rename(&tmp, &path));
+        if let Err(e) = ok {
+            tracing::warn!(pod = %self.pod_id, "persist pod network: {e}");
+        }
+    }
+}
+
+struct PodNet {
+    netns: PathBuf,
+    relay_pid: Arc<Mutex<u32>>,
+    stop: watch::Sender<bool>,
+}
+
+pub struct Networks {
+    dir: PathBuf,
+    records: PathBuf,
+    relay: Option<PathBuf>,
+    reaper: Arc<Reaper>,
+    pods: tokio::sync::Mutex<HashMap<String, PodNet>>,
+}
+
+async fn run(reaper: &Reaper, cmd: Command) -> Result<()> {
+    let what = format!("{cmd:?}");
+    let out = reaper
+        .output(cmd, None)
+        .await
+        .map_err(Error::io(format!("run {what}")))?;
+    if out.status != 0 {
+        return Err(Error::FailedPrecondition(format!(
+            "{what} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+async fn in_netns(reaper: &Reaper, netns: &Path, args: &[&str]) -> Result<()> {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net={}", netns.display())).args(args);
+    run(reaper, cmd).await
+}
+
+/// Parses "a.b.c.d/len" (IPv4 or IPv6), or a bare address (host prefix).
+pub fn parse_pod_ip(s: &str) -> Result<String> {
+    let bad = || Error::InvalidArgument(format!("invalid Pod IP {s:?}, want ADDRESS/PREFIX"));
+    let (addr, len) = s.split_once('/').unwrap_or((s, ""));
+    let ip: std::net::IpAddr = addr.parse().map_err(|_| bad())?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let len: u8 = if len.is_empty() {
+        max
+    } else {
+        len.parse().map_err(|_| bad())?
+    };
+    if len > max {
+        return Err(bad());
+    }
+    Ok(format!("{ip}/{len}"))
+}
+
+impl Networks {
+    pub fn new(state_dir: &Path, relay: Option<PathBuf>, reaper: Arc<Reaper>) -> Result<Self> {
+        let dir = state_dir.join("netns");
+        let records = state_dir.join("pods");
+        for d in [&dir, &records] {
+            std::fs::create_dir_all(d).map_err(Error::io(format!("create {}", d.display())))?;
+        }
+        Ok(Networks {
+            dir,
+            records,
+            relay,
+            reaper,
+            pods: Default::default(),
+        })
+    }
+
+    pub fn netns_path(&self, pod_id: &str) -> PathBuf {
+        self.dir.join(pod_id)
+    }
+
+    /// Creates the Pod's DPU half (idempotent for the same Pod); returns the
+    /// netns path and the relay pid (0 without a relay).
+    pub async fn create(
+        &self,
+        pod_id: &str,
+        pod_ip: &str,
+        region: &str,
+        rendezvous: &str,
+    ) -> Result<(PathBuf, u32)> {
+        validate_id("pod", pod_id)?;
+        let ip = parse_pod_ip(pod_ip)?;
+        let mut pods = self.pods.lock().await;
+        if let Some(p) = pods.get(pod_id) {
+            return Ok((
+                p.netns.clone(),
+                *p.relay_pid.lock().unwrap_or_else(|e| e.into_inner()),
+            ));
+        }
+        let netns = self.netns_path(pod_id);
+        if let Err(e) = make_netns(&self.reaper, &netns, &ip).await {
+            remove_netns(&netns);
+            return Err(e);
+        }
+        let rec = PodRecord {
+            pod_id: pod_id.into(),
+            netns: netns.clone(),
+            region: region.into(),
+            rendezvous: rendezvous.into(),
+            pod_ip: pod_ip.into(),
+            relay_pid: 0,
+            relay_start_time: 0,
+        };
+        let pid = match self.register(&mut pods, rec).await {
+            Ok(pid) => pid,
+            Err(e) => {
+                remove_netns(&netns);
+                let _ = std::fs::remove_file(self.records.join(format!("{pod_id}.json")));
+                return Err(e);
+            }
+        };
+        tracing::info!(pod = pod_id, netns = %netns.display(), relay_pid = pid, "pod network created");
+        Ok((netns, pid))
+    }
+
+    /// Starts the relay of a Pod network (if configured) and tracks it.
+    async fn register(&self, pods: &mut HashMap<String, PodNet>, rec: PodRecord) -> Result<u32> {
+        let (stop, stop_rx) = watch::channel(false);
+        let relay_pid = Arc::new(Mutex::new(0));
+        rec.save(&self.records);
+        if let Some(bin) = &self.relay {
+            self.supervise(bin.clone(), rec.clone(), relay_pid.clone(), stop_rx)
+                .await?;
+        }
+        let pid = *relay_pid.lock().unwrap_or_else(|e| e.into_inner());
+        pods.insert(
+            rec.pod_id.clone(),
+            PodNet {
+                netns: rec.netns,
+                relay_pid,
+                stop,
+            },
+        );
+        Ok(pid)
+    }
+
+    /// After a restart: Pod networks whose netns is still there are taken
+    /// over (their old relay, no longer supervised, is replaced); leftovers
+    /// without a record are removed.
+    pub async fn restore(&self) {
+        let mut pods = self.pods.lock().await;
+        for e in std::fs::read_dir(&self.records)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let path = e.path();
+            let rec = std::fs::read(&path)
+                .ok()
+                .and_then(|d| serde_json::from_slice::<PodRecord>(&d).ok())
+                .filter(|r| {
+                    validate_id("pod", &r.pod_id).is_ok() && r.netns == self.netns_path(&r.pod_id)
+                });
+            let Some(rec) = rec else {
+                let _ = std::fs::remove_file(&path);
+                continue;
+            };
+            if rec.relay_pid != 0 && proc_start_time(rec.relay_pid) == Some(rec.relay_start_time) {
+                let _ =
+                    nix::sys::signal::kill(Pid::from_raw(rec.relay_pid as i32), Signal::SIGKILL);
+            }
+            if !is_mounted(&rec.netns) {
+                remove_netns(&rec.netns);
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
+            let id = rec.pod_id.clone();
+            match self.register(&mut pods, rec).await {
+                Ok(pid) => tracing::info!(pod = %id, relay_pid = pid, "pod network restored"),
+                Err(e) => tracing::warn!(pod = %id, "restore pod network: {e}"),
+            }
+        }
+        for e in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            let known = e.file_name().to_str().is_some_and(|n| pods.contains_key(n));
+            if !known {
+                remove_netns(&e.path());
+            }
+        }
+    }
+
+    /// Spawns the relay and restarts it whenever it dies, until stopped.
+    async fn supervise(
+        &self,
+        bin: PathBuf,
+        mut args: PodRecord,
+        pid_slot: Arc<Mutex<u32>>,
+        mut stop: watch::Receiver<bool>,
+    ) -> Result<()> {
+        let reaper = self.reaper.clone();
+        let records = self.records.clone();
+        let mut spawn = move || -> Result<(u32, tokio::sync::oneshot::Receiver<i32>)> {
+            let mut cmd = Command::new(&bin);
+            cmd.args(["--side", "dpu", "--netns"])
+                .arg(&args.netns)
+                .args([
+                    "--region",
+                    &args.region,
+                    "--rendezvous",
+                    &args.rendezvous,
+                    "--capture-egress",
+                    "--pod-ip",
+                    &args.pod_ip,
+                ])
+                .stdin(Stdio::null());
+            let (child, rx) = reaper
+                .spawn(cmd)
+                .map_err(Error::io(format!("spawn relay {}", bin.display())))?;
+            // Persisted so that a restarted agent can replace this relay.
+            args.relay_pid = child.id();
+            args.relay_start_time = proc_start_time(child.id()).unwrap_or_default();
+            args.save(&records);
+            Ok((child.id(), rx))
+        };
+        let (pid, mut exited) = spawn()?;
+        *pid_slot.lock().unwrap_or_else(|e| e.into_inner()) = pid;
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    status = &mut exited => {
+                        tracing::warn!(status = ?status.ok(), "relay exited; restarting");
+                        tokio::time::sleep(RELAY_RESTART_DELAY).await;
+                        if *stop.borrow() {
+                            return;
+                        }
+                        match spawn() {
+                            Ok((pid, rx)) => {
+                                *pid_slot.lock().unwrap_or_else(|e| e.into_inner()) = pid;
+                                exited = rx;
+                            }
+                            Err(e) => {
+                                tracing::error!("restart relay: {e}");
+                                return;
+                            }
+                        }
+                    }
+                    _ = stop.changed() => {
+                        let pid = *pid_slot.lock().unwrap_or_else(|e| e.into_inner());
+                        let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+                        if tokio::time::timeout(RELAY_STOP_GRACE, &mut exited).await.is_err() {
+                            let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                            let _ = exited.await;
+                        }
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Stops the relay and removes the netns; unknown Pods succeed (idempotent).
+    pub async fn destroy(&self, pod_id: &str) -> Result<()> {
+        validate_id("pod", pod_id)?;
+        let mut pods = self.pods.lock().await;
+        if let Some(p) = pods.remove(pod_id) {
+            let _ = p.stop.send(true);
+            // Wait until the supervisor has reaped the relay.
+            p.stop.closed().await;
+        }
+        let _ = std::fs::remove_file(self.records.join(format!("{pod_id}.json")));
+        let netns = self.netns_path(pod_id);
+        tokio::task::spawn_blocking(move || remove_netns(&netns))
+            .await
+            .map_err(|e| Error::io("remove netns")(std::io::Error::other(e)))?;
+        Ok(())
+    }
+}
+
+fn is_mounted(path: &Path) -> bool {
+    let Some(p) = path.to_str() else { return false };
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(p))
+}
+
+async fn make_netns(reaper: &Reaper, netns: &Path, ip: &str) -> Result<()> {
+    std::fs::write(netns, b"").map_err(Error::io(format!("create {}", netns.display())))?;
+    let mut unshare = Command::new("unshare");
+    unshare
+        .arg(format!("--net={}", netns.display()))
+        .arg("true");
+    run(reaper, unshare).await?;
+    in_netns(reaper, netns, &["ip", "link", "set", "lo", "up"]).await?;
+    // A dummy device where the kernel has the module; else a veth pair kept
+    // inside the netns (these test machines cannot load `dummy`).
+    if in_netns(
+        reaper,
+        netns,
+        &["ip", "link", "add", POD_DEVICE, "type", "dummy"],
+    )
+    .await
+    .is_err()
+    {
+        in_netns(
+            reaper,
+            netns,
+            &[
+                "ip", "link", "add", POD_DEVICE, "type", "veth", "peer", "name", POD_PEER,
+            ],
+        )
+        .await?;
+        in_netns(reaper, netns, &["ip", "link", "set", POD_PEER, "up"]).await?;
+    }
+    in_netns(reaper, netns, &["ip", "addr", "add", ip, "dev", POD_DEVICE]).await?;
+    in_netns(reaper, netns, &["ip", "link", "set", POD_DEVICE, "up"]).await
+}
+
+fn remove_netns(netns: &Path) {
+    let _ = nix::mount::umount2(netns, MntFlags::MNT_DETACH);
+    let _ = std::fs::remove_file(netns);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_ips_parse_with_or_without_prefix() {
+        assert_eq!(parse_pod_ip("10.77.0.5/16").unwrap(), "10.77.0.5/16");
+        assert_eq!(parse_pod_ip("10.77.0.5").unwrap(), "10.77.0.5/32");
+        assert_eq!(parse_pod_ip("fd00::5/64").unwrap(), "fd00::5/64");
+        for bad in [
+            "",
+            "10.77.0.5/33",
+            "x/1",
+            "10.77.0.5/-1",
+            "10.77.0.5; rm -rf /",
+        ] {
+            assert!(parse_pod_ip(bad).is_err(), "{bad}");
+        }
+    }
+}

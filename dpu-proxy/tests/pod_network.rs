@@ -1,0 +1,152 @@
+//! The DPU half of a Pod network: netns with loopback and the Pod IP, the
+//! relay supervised (restarted when it dies), nothing left after destroy.
+mod common;
+
+use std::{os::unix::fs::PermissionsExt, process::Command, time::Duration};
+
+use common::*;
+use heteropod_dpu_proxy::{client::CreatePodNetworkRequest, DpuAgent, Error};
+
+fn in_netns(netns: &str, args: &[&str]) -> String {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={netns}"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{args:?}: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn mounted(path: &str) -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(path))
+}
+
+/// A stand-in relay that records its arguments and stays up.
+fn fake_relay(h: &mut Harness) -> std::path::PathBuf {
+    let relay = h.dir.path().join("relay.sh");
+    let args_file = h.dir.path().join("relay.args");
+    let script = format!(
+        "#!/bin/sh\necho \"$@\" > {}\nexec sleep 1000\n",
+        args_file.display()
+    );
+    std::fs::write(&relay, script).unwrap();
+    std::fs::set_permissions(&relay, std::fs::Permissions::from_mode(0o755)).unwrap();
+    h.extra_args = vec!["--relay".into(), relay.display().to_string()];
+    args_file
+}
+
+fn pod_req(pod: &str) -> CreatePodNetworkRequest {
+    CreatePodNetworkRequest {
+        pod_id: pod.into(),
+        pod_ip: "10.123.0.7/16".into(),
+        region: "/dev/shm/hp-test-region".into(),
+        rendezvous: "/tmp/hp-test-rendezvous.sock".into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn agent_restart_takes_over_pod_networks_with_a_new_relay() {
+    if !can_run() {
+        return;
+    }
+    let mut h = Harness::new("netrestart");
+    fake_relay(&mut h);
+    let agent = h.start_agent().await;
+    let r = agent.create_pod_network(pod_req("podr")).await.unwrap();
+    h.kill_agent();
+    drop(agent);
+    let agent = h.start_agent().await;
+    let again = agent.create_pod_network(pod_req("podr")).await.unwrap();
+    assert_eq!(again.netns_path, r.netns_path);
+    assert!(mounted(&r.netns_path));
+    assert_ne!(again.relay_pid, r.relay_pid);
+    assert!(pid_alive(again.relay_pid) && !pid_alive(r.relay_pid));
+    agent.destroy_pod_network("podr").await.unwrap();
+    assert!(!mounted(&r.netns_path) && !pid_alive(again.relay_pid));
+}
+
+#[tokio::test]
+async fn pod_network_has_pod_ip_and_destroy_leaves_nothing() {
+    if !can_run() {
+        return;
+    }
+    let mut h = Harness::new("net");
+    let args_file = fake_relay(&mut h);
+    let agent = h.start_agent().await;
+    let req = pod_req("pod1");
+    let r = agent.create_pod_network(req.clone()).await.unwrap();
+    let netns = r.netns_path.clone();
+    assert_eq!(
+        netns,
+        h.state_dir().join("netns/pod1").display().to_string()
+    );
+    assert!(mounted(&netns), "netns not mounted");
+    let addrs = in_netns(&netns, &["ip", "-o", "addr"]);
+    assert!(addrs.contains("inet 127.0.0.1/8"), "{addrs}");
+    assert!(addrs.contains("inet 10.123.0.7/16"), "{addrs}");
+    let lo = in_netns(&netns, &["ip", "-o", "link", "show", "lo"]);
+    assert!(lo.contains("UP"), "{lo}");
+
+    // The relay runs with the Pod's settings; when it dies it comes back.
+    let first = r.relay_pid;
+    assert!(first > 0 && pid_alive(first));
+    for _ in 0..100 {
+        if args_file.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let args = std::fs::read_to_string(&args_file).unwrap();
+    assert_eq!(
+        args.trim(),
+        format!("--side dpu --netns {netns} --region /dev/shm/hp-test-region --rendezvous /tmp/hp-test-rendezvous.sock --capture-egress --pod-ip 10.123.0.7/16")
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let mut second = first;
+    for _ in 0..250 {
+        second = agent
+            .create_pod_network(req.clone())
+            .await
+            .unwrap()
+            .relay_pid;
+        if second != first && second != 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_ne!(second, first, "relay was not restarted");
+    assert!(pid_alive(second));
+
+    agent.destroy_pod_network("pod1").await.unwrap();
+    assert!(!mounted(&netns), "netns still mounted");
+    assert!(!std::path::Path::new(&netns).exists(), "netns file left");
+    assert!(!pid_alive(second), "relay left running");
+    // Idempotent, and bad input is refused clearly.
+    agent.destroy_pod_network("pod1").await.unwrap();
+    let bad = CreatePodNetworkRequest {
+        pod_id: "p2".into(),
+        pod_ip: "10.0.0.300/8".into(),
+        ..Default::default()
+    };
+    assert!(matches!(
+        agent.create_pod_network(bad).await,
+        Err(Error::InvalidArgument(_))
+    ));
+    let bad = CreatePodNetworkRequest {
+        pod_id: "../p".into(),
+        pod_ip: "10.0.0.3/8".into(),
+        ..Default::default()
+    };
+    assert!(matches!(
+        agent.create_pod_network(bad).await,
+        Err(Error::InvalidArgument(_))
+    ));
+}
