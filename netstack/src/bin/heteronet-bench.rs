@@ -44,6 +44,12 @@ struct Args {
     /// Runtime threads of each relay (passed as `--threads`).
     #[arg(long, default_value_t = 1)]
     relay_threads: usize,
+    /// Skip the idle-CPU and concurrency steps (quick A/B runs).
+    #[arg(long)]
+    quick: bool,
+    /// Relay modes to measure (elastic, busy-poll).
+    #[arg(long, value_delimiter = ',', default_value = "elastic,busy-poll")]
+    modes: Vec<String>,
     /// Only loopback, veth and socat (no relay needed).
     #[arg(long)]
     baselines_only: bool,
@@ -56,6 +62,11 @@ fn main() -> Result<()> {
     let mut idle: BTreeMap<&str, f64> = BTreeMap::new();
     let mut scale: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
     let mut notes: Vec<String> = Vec::new();
+    // Relay thread sleeps (voluntary context switches, both relays) per
+    // 64-byte ping and per 64 KiB chunk.
+    let mut sleeps_rtt: BTreeMap<&str, f64> = BTreeMap::new();
+    let mut sleeps_tput: BTreeMap<&str, f64> = BTreeMap::new();
+    let mut scale_sleeps: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
 
     let veth = veth_pair("v", 1)?;
     let srv_b = serve(&veth.b.path(), "0.0.0.0:7000".parse()?)?;
@@ -126,6 +137,9 @@ fn main() -> Result<()> {
         ]
     };
     for &(name, tag, mode) in relays {
+        if !args.modes.iter().any(|m| m == mode) {
+            continue;
+        }
         let rp = relay_pair(tag, mode, args.relay_threads)?;
         serve(&rp.pair.b.path(), "127.0.0.1:7004".parse()?)?;
         let p = Path1 {
@@ -133,8 +147,20 @@ fn main() -> Result<()> {
             addr: "127.0.0.1:7004".parse()?,
         };
         wait_ready(&p.client_ns, p.addr)?;
-        rtt.insert(name, measure_rtt(&p, args.rtt_secs)?);
-        tput.insert(name, measure_tput(&p, args.tput_secs)?);
+        let pids = [rp.cpu.0.id(), rp.dpu.0.id()];
+        let s0 = relay_sleeps(&pids)?;
+        let (p50, p99, pings) = measure_rtt_n(&p, args.rtt_secs)?;
+        let s1 = relay_sleeps(&pids)?;
+        rtt.insert(name, (p50, p99));
+        let (gbps, chunks) = measure_tput_n(&p, args.tput_secs)?;
+        let s2 = relay_sleeps(&pids)?;
+        tput.insert(name, gbps);
+        // Pings also counted the 500 warm-up ones.
+        sleeps_rtt.insert(name, round2((s1 - s0) as f64 / (pings + 500) as f64));
+        sleeps_tput.insert(name, round2((s2 - s1) as f64 / chunks.max(1) as f64));
+        if args.quick {
+            continue;
+        }
         // Idle: 100 connections open, nothing sent.
         let conns = join(in_ns(&p.client_ns, move || {
             (0..100)
@@ -142,7 +168,6 @@ fn main() -> Result<()> {
                 .collect::<Result<Vec<_>>>()
         }))?;
         thread::sleep(Duration::from_millis(500));
-        let pids = [rp.cpu.0.id(), rp.dpu.0.id()];
         let t0: u64 = pids.iter().map(|p| cpu_ticks(*p)).sum::<Result<u64>>()?;
         let start = Instant::now();
         thread::sleep(Duration::from_secs_f64(args.idle_secs));
@@ -158,7 +183,8 @@ fn main() -> Result<()> {
             "busypoll"
         };
         for n in [1usize, 8, 64, 256] {
-            let p99 = measure_scale(
+            let s0 = relay_sleeps(&pids)?;
+            let (p99, pings) = measure_scale(
                 &Path1 {
                     client_ns: p.client_ns.clone(),
                     addr: p.addr,
@@ -166,6 +192,11 @@ fn main() -> Result<()> {
                 n,
                 args.scale_secs,
             )?;
+            let per = (relay_sleeps(&pids)? - s0) as f64 / (pings + 500 * n).max(1) as f64;
+            scale_sleeps
+                .entry(key.to_string())
+                .or_default()
+                .insert(n.to_string(), round2(per));
             scale
                 .entry(key.to_string())
                 .or_default()
@@ -182,6 +213,19 @@ fn main() -> Result<()> {
     }
 
     print_table(&rtt, &tput, &idle, &scale);
+    for (mode, m) in &scale_sleeps {
+        let v: Vec<String> = ["1", "8", "64", "256"]
+            .iter()
+            .map(|n| format!("n={n}: {}", m.get(*n).copied().unwrap_or(f64::NAN)))
+            .collect();
+        println!("relay sleeps per ping, {mode:<8} {}", v.join(", "));
+    }
+    for (k, v) in &sleeps_rtt {
+        println!(
+            "relay sleeps {k:<16} {v:>6.2} per 64 B ping, {:>6.2} per 64 KiB chunk (both relays)",
+            sleeps_tput.get(k).copied().unwrap_or(f64::NAN)
+        );
+    }
     for n in &notes {
         println!("note: {n}");
     }
@@ -190,6 +234,9 @@ fn main() -> Result<()> {
         "throughput_gbps": tput,
         "idle_cpu_pct": idle,
         "scale_p99_us": scale,
+        "relay_sleeps_per_ping": sleeps_rtt,
+        "relay_sleeps_per_64k_chunk": sleeps_tput,
+        "scale_relay_sleeps_per_ping": scale_sleeps,
     });
     if let Some(dir) = args.out.parent() {
         std::fs::create_dir_all(dir)?;
@@ -197,6 +244,10 @@ fn main() -> Result<()> {
     std::fs::write(&args.out, serde_json::to_string_pretty(&doc)?)?;
     println!("JSON: {}", args.out.display());
     Ok(())
+}
+
+fn relay_sleeps(pids: &[u32]) -> Result<u64> {
+    pids.iter().map(|p| sleeps(*p)).sum()
 }
 
 /// Bare ring round trip (both ends spinning), from the library.

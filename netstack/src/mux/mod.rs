@@ -17,7 +17,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 pub use frame::{Destination, Proto};
-pub use stream::MuxStream;
+pub use stream::{DrainError, MuxStream};
 
 use crate::error::{Error, Result};
 use crate::link::LinkSource;
@@ -63,7 +63,7 @@ pub struct MuxStats {
     pub sleeps: u64,
     pub wakeups: u64,
     pub doorbells: u64,
-    /// Spins cut short because the CPU was contended (elastic mode).
+    /// Spin bursts during which the thread was preempted (elastic mode; counted only).
     pub spin_preempted: u64,
     pub peer_ups: u64,
     pub link_errors: u64,

@@ -108,6 +108,61 @@ impl MuxStream {
     fn reset_error() -> io::Error {
         io::Error::new(io::ErrorKind::ConnectionReset, "mux stream reset")
     }
+
+    /// Writes received bytes straight from the stream's buffer into `w`,
+    /// saving the copy through a caller buffer that `poll_read` needs (the
+    /// relay's bulk path). `Ready(Ok(0))` = end of stream.
+    pub fn poll_drain_into<W: AsyncWrite + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        w: &mut W,
+    ) -> Poll<Result<usize, DrainError>> {
+        let mut i = self.st.lock();
+        if i.rx.is_empty() {
+            if i.reset {
+                return Poll::Ready(Err(DrainError::Stream(Self::reset_error())));
+            }
+            if i.rx_eof {
+                return Poll::Ready(Ok(0));
+            }
+            i.rx_waker = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        match Pin::new(w).poll_write(cx, &i.rx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(e)) => Poll::Ready(Err(DrainError::Writer(e))),
+            Poll::Ready(Ok(0)) => {
+                Poll::Ready(Err(DrainError::Writer(io::ErrorKind::WriteZero.into())))
+            }
+            Poll::Ready(Ok(n)) => {
+                i.rx.advance(n);
+                self.consumed(i, n);
+                Poll::Ready(Ok(n))
+            }
+        }
+    }
+
+    /// Counts `n` bytes as read and grants credit back once a quarter window
+    /// was consumed.
+    fn consumed(&self, mut i: MutexGuard<'_, Inner>, n: usize) {
+        i.unacked += n as u32;
+        let window = self.shared.config.window;
+        if i.unacked >= window / 4 && !i.reset && !i.rx_eof {
+            let grant = std::mem::take(&mut i.unacked);
+            drop(i);
+            self.shared
+                .send_ctl(self.st.epoch, QueuedFrame::window(self.st.id, grant));
+        }
+    }
+}
+
+/// Why [`MuxStream::poll_drain_into`] failed.
+#[derive(Debug)]
+pub enum DrainError {
+    /// The stream was reset (by the peer, a peer loss or corruption).
+    Stream(io::Error),
+    /// Writing into the destination failed.
+    Writer(io::Error),
 }
 
 impl AsyncRead for MuxStream {
@@ -122,14 +177,7 @@ impl AsyncRead for MuxStream {
             let n = i.rx.len().min(buf.remaining());
             buf.put_slice(&i.rx[..n]);
             i.rx.advance(n);
-            i.unacked += n as u32;
-            let window = this.shared.config.window;
-            if i.unacked >= window / 4 && !i.reset && !i.rx_eof {
-                let grant = std::mem::take(&mut i.unacked);
-                drop(i);
-                this.shared
-                    .send_ctl(this.st.epoch, QueuedFrame::window(this.st.id, grant));
-            }
+            this.consumed(i, n);
             return Poll::Ready(Ok(()));
         }
         if i.reset {

@@ -45,7 +45,7 @@ pub struct NotifyStats {
     pub wakeups: AtomicU64,
     /// Doorbells rung for the peer.
     pub doorbells: AtomicU64,
-    /// Spins cut short because the thread was preempted (CPU contended).
+    /// Spin bursts during which the thread was preempted (CPU contended).
     pub preempted: AtomicU64,
 }
 

@@ -6,24 +6,34 @@ use super::{Doorbell, NotifyMode, NotifyStats};
 use crate::error::Result;
 use std::sync::Arc;
 
-/// Budget bounds. The budget doubles when a sleep ended sooner than the budget
-/// (spinning a bit longer would have caught it) and shrinks after long sleeps.
+/// Budget bounds. The budget is twice the recent peak gap between arrivals
+/// (so a hop stays awake across a whole round trip of the Pod while traffic
+/// flows), and decays towards the minimum once gaps become idle gaps.
 pub const START_BUDGET: Duration = Duration::from_micros(100);
 pub const MIN_BUDGET: Duration = Duration::from_micros(10);
-pub const MAX_BUDGET: Duration = Duration::from_micros(400);
+pub const MAX_BUDGET: Duration = Duration::from_micros(500);
 /// While spinning, hand the worker back to tokio this often, so tasks sharing
 /// the thread (and the epoll poll that yield_now triggers) still run.
 const YIELD_EVERY: Duration = Duration::from_micros(4);
 /// A spin burst (32 polls, well under a microsecond) that took this long was
-/// preempted.
+/// preempted (counted only: the thread stayed runnable, so sleeping now would
+/// only add a wake-up).
 const PREEMPTED_GAP: Duration = Duration::from_micros(30);
 
-/// `HETERONET_SPIN_SCHED_YIELD=0` turns off the sched_yield between spin
-/// slices (measured here: with it, p99 is far lower on an oversubscribed box;
-/// without it, p50 can be lower on an idle one).
-fn sched_yield_enabled() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("HETERONET_SPIN_SCHED_YIELD").map_or(true, |v| v != "0"))
+/// How often an elastic spinner calls sched_yield: on a 2-core box the two
+/// relays plus client and server share the cores, and spinners that do not
+/// offer the core starve the endpoints (measured: 64 B echo p50 ~500 us and more
+/// than one sleep per request without it; every 1 us beat 2 or 4 us, p50 ~35
+/// vs ~55-67 us). `HETERONET_SPIN_SCHED_YIELD_US` overrides (0 = off).
+fn sched_yield_every() -> Option<Duration> {
+    static EVERY: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
+    *EVERY.get_or_init(|| {
+        let us = std::env::var("HETERONET_SPIN_SCHED_YIELD_US")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(1);
+        (us > 0).then(|| Duration::from_micros(us))
+    })
 }
 
 /// What a waiter waits for.
@@ -62,6 +72,8 @@ impl WaitTarget for SpaceFor<'_> {
 pub struct Waiter {
     mode: NotifyMode,
     budget: Duration,
+    /// Largest recent gap between arrivals (decays), idle gaps excluded.
+    peak: Duration,
     stats: Arc<NotifyStats>,
 }
 
@@ -70,6 +82,7 @@ impl Waiter {
         Waiter {
             mode,
             budget: START_BUDGET,
+            peak: START_BUDGET / 2,
             stats,
         }
     }
@@ -86,36 +99,37 @@ impl Waiter {
         let start = Instant::now();
         let mut slice = start;
         let mut last = start;
+        let mut yielded = start;
         let elastic = self.mode == NotifyMode::Elastic;
         loop {
             for _ in 0..32 {
                 std::hint::spin_loop();
                 if target.ready()? {
                     NotifyStats::add(&self.stats.spins);
+                    self.adapt(start.elapsed());
                     return Ok(());
                 }
             }
             let now = Instant::now();
             if elastic {
-                // A long gap inside a spin burst means the kernel ran someone else
-                // on this core: the CPU is contended, so spinning now costs the
-                // work we wait for. Sleep at once.
                 if now - last >= PREEMPTED_GAP {
                     NotifyStats::add(&self.stats.preempted);
-                    break;
                 }
                 if now - start >= self.budget {
                     break;
                 }
             }
             last = now;
-            if now - slice >= YIELD_EVERY {
-                if elastic && sched_yield_enabled() {
-                    // Offer the core to other runnable threads (the application,
-                    // the other relay) while staying awake; returns at once when
-                    // nobody else wants it.
+            if let (true, Some(every)) = (elastic, sched_yield_every()) {
+                if now - yielded >= every {
+                    // Offer the core to other runnable threads (client,
+                    // server, the other relay) while staying awake.
                     std::thread::yield_now();
+                    yielded = Instant::now();
+                    last = yielded;
                 }
+            }
+            if now - slice >= YIELD_EVERY {
                 tokio::task::yield_now().await;
                 slice = Instant::now();
                 last = slice;
@@ -123,16 +137,22 @@ impl Waiter {
         }
         NotifyStats::add(&self.stats.sleeps);
         target.arm(true);
-        let slept = Instant::now();
         let r = self.sleep(target, bell).await;
         target.arm(false);
-        let d = slept.elapsed();
-        self.budget = if d < self.budget {
-            (self.budget * 2).min(MAX_BUDGET)
-        } else {
-            (self.budget * 3 / 4).max(MIN_BUDGET)
-        };
+        self.adapt(start.elapsed());
         r
+    }
+
+    /// Sizes the next spin from this wait's gap: twice the recent peak gap, so
+    /// the hop stays awake across one round trip; gaps above the maximum are
+    /// idle time and shrink the budget instead.
+    fn adapt(&mut self, gap: Duration) {
+        if gap > MAX_BUDGET {
+            self.peak /= 2;
+        } else {
+            self.peak = gap.max(self.peak * 15 / 16);
+        }
+        self.budget = (self.peak * 2).clamp(MIN_BUDGET, MAX_BUDGET);
     }
 
     async fn sleep(&self, target: &mut impl WaitTarget, bell: &Doorbell) -> Result<()> {
@@ -145,5 +165,36 @@ impl Waiter {
             bell.wait().await?;
             NotifyStats::add(&self.stats.wakeups);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn us(n: u64) -> Duration {
+        Duration::from_micros(n)
+    }
+
+    #[test]
+    fn budget_covers_twice_the_recent_gap_and_is_bounded() {
+        let mut sut = Waiter::new(NotifyMode::Elastic, Arc::default());
+        sut.adapt(us(120));
+        assert_eq!(sut.budget(), us(240));
+        // A short gap does not drop the budget at once: the peak decays slowly.
+        sut.adapt(us(5));
+        assert!(sut.budget() > us(200));
+        sut.adapt(us(400));
+        assert_eq!(sut.budget(), MAX_BUDGET);
+    }
+
+    #[test]
+    fn idle_gaps_shrink_the_budget_to_the_minimum() {
+        let mut sut = Waiter::new(NotifyMode::Elastic, Arc::default());
+        sut.adapt(us(200));
+        for _ in 0..16 {
+            sut.adapt(Duration::from_secs(1));
+        }
+        assert_eq!(sut.budget(), MIN_BUDGET);
     }
 }

@@ -28,6 +28,14 @@ impl Resettable for MuxStream {
     fn reset_stream(self) {
         self.reset();
     }
+
+    fn poll_drain_into(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        w: &mut tokio::net::TcpStream,
+    ) -> std::task::Poll<std::result::Result<usize, crate::mux::DrainError>> {
+        MuxStream::poll_drain_into(self, cx, w)
+    }
 }
 
 /// Shared state of the tasks of one relay.

@@ -15,11 +15,20 @@ use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::mux::DrainError;
+
 const BUF: usize = 64 * 1024;
 
 /// A stream that can be aborted with a reset instead of a clean close.
 pub trait Resettable: AsyncRead + AsyncWrite + Unpin {
     fn reset_stream(self);
+    /// Writes received bytes straight into `w` (no bounce buffer);
+    /// `Ready(Ok(0))` = end of stream.
+    fn poll_drain_into(
+        &mut self,
+        cx: &mut Context<'_>,
+        w: &mut TcpStream,
+    ) -> Poll<Result<usize, DrainError>>;
 }
 
 /// How a spliced connection ended.
@@ -132,6 +141,45 @@ impl Pump {
     }
 }
 
+/// The stream -> TCP direction: bytes go from the stream's receive buffer
+/// straight into the socket.
+#[derive(Default)]
+struct Drain {
+    eof: bool,
+    done: bool,
+    moved: u64,
+}
+
+impl Drain {
+    fn poll<S: Resettable>(
+        &mut self,
+        live: &AtomicU64,
+        cx: &mut Context<'_>,
+        stream: &mut S,
+        tcp: &mut TcpStream,
+    ) -> Poll<Result<(), Fail>> {
+        if self.done {
+            return Poll::Ready(Ok(()));
+        }
+        while !self.eof {
+            match ready!(stream.poll_drain_into(cx, tcp)) {
+                Ok(0) => self.eof = true,
+                Ok(n) => {
+                    self.moved += n as u64;
+                    live.fetch_add(n as u64, Relaxed);
+                }
+                Err(DrainError::Stream(_)) => return Poll::Ready(Err(Fail::Stream)),
+                Err(DrainError::Writer(_)) => return Poll::Ready(Err(Fail::Tcp)),
+            }
+        }
+        if ready!(Pin::new(&mut *tcp).poll_shutdown(cx)).is_err() {
+            return Poll::Ready(Err(Fail::Tcp));
+        }
+        self.done = true;
+        Poll::Ready(Ok(()))
+    }
+}
+
 /// Relays until both directions are closed or one side fails; bytes moved are
 /// added to `to_stream` / `to_tcp` as they go (live counters).
 pub async fn splice<S: Resettable>(
@@ -141,13 +189,13 @@ pub async fn splice<S: Resettable>(
     to_tcp: &AtomicU64,
 ) -> (SpliceEnd, Moved) {
     let mut up = Pump::new();
-    let mut down = Pump::new();
+    let mut down = Drain::default();
     let res = poll_fn(|cx| {
         let a = up.poll(to_stream, cx, &mut tcp, &mut stream, true);
         if let Poll::Ready(Err(f)) = a {
             return Poll::Ready(Err(f));
         }
-        let b = down.poll(to_tcp, cx, &mut stream, &mut tcp, false);
+        let b = down.poll(to_tcp, cx, &mut stream, &mut tcp);
         match (a, b) {
             (_, Poll::Ready(Err(f))) => Poll::Ready(Err(f)),
             (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => Poll::Ready(Ok(())),

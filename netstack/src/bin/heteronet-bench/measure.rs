@@ -106,15 +106,26 @@ pub struct Path1 {
 }
 
 pub fn measure_rtt(p: &Path1, secs: f64) -> Result<(f64, f64)> {
+    measure_rtt_n(p, secs).map(|(a, b, _)| (a, b))
+}
+
+/// RTT p50, p99 and the number of pings measured.
+pub fn measure_rtt_n(p: &Path1, secs: f64) -> Result<(f64, f64, usize)> {
     let addr = p.addr;
     let mut v = join(in_ns(&p.client_ns, move || {
         let mut c = connect(addr, b'E')?;
         rtt_samples(&mut c, secs, None)
     }))?;
-    Ok((pct(&mut v, 0.5), pct(&mut v, 0.99)))
+    let n = v.len();
+    Ok((pct(&mut v, 0.5), pct(&mut v, 0.99), n))
 }
 
 pub fn measure_tput(p: &Path1, secs: f64) -> Result<f64> {
+    measure_tput_n(p, secs).map(|(g, _)| g)
+}
+
+/// Throughput in Gbit/s and the number of 64 KiB chunks written.
+pub fn measure_tput_n(p: &Path1, secs: f64) -> Result<(f64, u64)> {
     let addr = p.addr;
     join(in_ns(&p.client_ns, move || {
         let mut c = connect(addr, b'S')?;
@@ -133,13 +144,15 @@ pub fn measure_tput(p: &Path1, secs: f64) -> Result<f64> {
         if got != sent {
             bail!("sink counted {got} bytes, sent {sent}");
         }
-        Ok(round2(
-            sent as f64 * 8.0 / start.elapsed().as_secs_f64() / 1e9,
+        Ok((
+            round2(sent as f64 * 8.0 / start.elapsed().as_secs_f64() / 1e9),
+            sent / CHUNK as u64,
         ))
     }))
 }
 
-pub fn measure_scale(p: &Path1, n: usize, secs: f64) -> Result<f64> {
+/// p99 RTT over `n` concurrent ping-pong streams, and the pings measured.
+pub fn measure_scale(p: &Path1, n: usize, secs: f64) -> Result<(f64, usize)> {
     let addr = p.addr;
     let stop = Arc::new(AtomicBool::new(false));
     let mut hs = Vec::new();
@@ -154,7 +167,8 @@ pub fn measure_scale(p: &Path1, n: usize, secs: f64) -> Result<f64> {
     for h in hs {
         all.extend(join(h)?);
     }
-    Ok(pct(&mut all, 0.99))
+    let count = all.len();
+    Ok((pct(&mut all, 0.99), count))
 }
 
 /// Waits until `addr` accepts connections from `ns` and echoes.
@@ -184,4 +198,19 @@ pub fn cpu_ticks(pid: u32) -> Result<u64> {
     let ut: u64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0);
     let st: u64 = f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0);
     Ok(ut + st)
+}
+
+/// Times the threads of `pid` blocked (voluntary context switches: epoll or
+/// doorbell sleeps), summed over all its threads. Load-independent, unlike µs.
+pub fn sleeps(pid: u32) -> Result<u64> {
+    let mut total = 0;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let st = std::fs::read_to_string(t?.path().join("status"))?;
+        total += st
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Ok(total)
 }
