@@ -8,6 +8,7 @@ pub mod cgroup;
 pub mod cgroup_v1;
 pub mod config;
 pub mod container;
+pub mod convert;
 pub mod error;
 pub mod events;
 pub mod exits;

@@ -152,7 +152,14 @@ impl containerd_shim::Task for TaskService {
 
     async fn resize_pty(&self, _: &TtrpcContext, req: api::ResizePtyRequest) -> TtrpcResult<Empty> {
         let c = self.container(&req.id)?;
-        c.process(&req.exec_id)?.resize(req.width, req.height)?;
+        let p = c.process(&req.exec_id)?;
+        if !c
+            .backend
+            .resize_pty(&req.exec_id, req.width, req.height)
+            .await?
+        {
+            p.resize(req.width, req.height)?;
+        }
         Ok(Empty::new())
     }
 

@@ -17,7 +17,7 @@ use containerd_shim_protos::events::task::{
 };
 
 use crate::{
-    backend::{self, CreateSpec},
+    backend::{self, CreateSpec, ExitFuture},
     bundle::BundleSpec,
     config::Config,
     container::Container,
@@ -98,6 +98,7 @@ impl TaskService {
         let settings = options.resolve(&config);
         let annotations = &spec.annotations;
         let placement = placement::decide(annotations, &config)?;
+        placement::check_spans(&req.id, placement, spec.shared_pid_ns)?;
         let is_sandbox = annotations
             .get(placement::CONTAINER_TYPE)
             .map(String::as_str)
@@ -108,8 +109,10 @@ impl TaskService {
             &req.id,
             &bundle,
             &settings,
+            &config,
             &self.shared.namespace,
-        )?;
+        )
+        .await?;
         settings.save(&bundle)?;
         lock(&self.shared.sandbox).admit(&req.id, is_sandbox, placement)?;
 
@@ -136,6 +139,7 @@ impl TaskService {
             }
         };
         let init = Arc::new(Process::new("", stdio.clone(), None));
+        let remote_exit = spawned.exit;
         init.set_created(spawned.pid, spawned.stdin, spawned.console);
         let container = Arc::new(Container::new(
             &req.id,
@@ -147,13 +151,17 @@ impl TaskService {
         ));
         let _order = container.lifecycle.lock().await;
         lock(&self.shared.containers).insert(req.id.clone(), container.clone());
-        let early = self.shared.exits.register(
-            spawned.pid,
-            Watched {
-                owner: container.clone(),
-                process: init,
-            },
-        );
+        let watched = Watched {
+            owner: container.clone(),
+            process: init,
+        };
+        let early = match remote_exit {
+            Some(exit) => {
+                tokio::spawn(finish_remote_exit(self.shared.clone(), watched, exit));
+                None
+            }
+            None => self.shared.exits.register(spawned.pid, watched),
+        };
         self.shared.events.send(TaskCreate {
             container_id: req.id.clone(),
             bundle: req.bundle.clone(),
@@ -208,12 +216,19 @@ impl TaskService {
                 .as_ref()
                 .ok_or_else(|| Error::InvalidArgument("exec has no process spec".into()))?;
             let spawned = c.backend.exec(&p.exec_id, spec, &p.stdio).await?;
+            let remote_exit = spawned.exit;
             p.set_created(spawned.pid, spawned.stdin, spawned.console);
             let w = Watched {
                 owner: c.clone(),
                 process: p.clone(),
             };
-            let early = self.shared.exits.register(spawned.pid, w.clone());
+            let early = match remote_exit {
+                Some(exit) => {
+                    tokio::spawn(finish_remote_exit(self.shared.clone(), w.clone(), exit));
+                    None
+                }
+                None => self.shared.exits.register(spawned.pid, w.clone()),
+            };
             p.set_running();
             self.shared.events.send(TaskExecStarted {
                 container_id: req.id.clone(),
@@ -326,6 +341,13 @@ pub(crate) fn delete_response(pid: u32, exit: Exit) -> api::DeleteResponse {
         exited_at: Some(exit.timestamp()).into(),
         ..Default::default()
     }
+}
+
+/// Waits for the exit of a process the backend reports itself (DPU), then
+/// handles it like a reaped one.
+async fn finish_remote_exit(shared: Arc<Shared>, w: Watched<Container>, exit: ExitFuture) {
+    let exit = exit.await;
+    finish_exit(shared, w, exit).await;
 }
 
 /// Records an exit and publishes it once output has drained.
