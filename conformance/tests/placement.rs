@@ -1,0 +1,136 @@
+//! Containers placed on the (emulated) DPU through Pod annotations.
+//!
+//! These need the heteropod handler and a running DPU agent: they run only
+//! when `HETEROPOD_DPU` is set (hack/run-conformance.sh sets it for the
+//! heteropod handler when the agent runs) and skip with a message otherwise.
+
+use std::time::Duration;
+
+use anyhow::{ensure, Context};
+use heteropod_conformance::client::grpc_code;
+use heteropod_conformance::{logs, run, wait};
+
+const LOG_WAIT: Duration = Duration::from_secs(20);
+const PLACEMENT_PREFIX: &str = "heteropod.io/placement.";
+
+/// The DPU's cgroup parent, as hack/dpu.sh names it.
+fn dpu_cgroup_parent() -> String {
+    std::env::var("DPU_CGROUP_PARENT")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "heteropod-dpu".into())
+}
+
+fn dpu_enabled(test: &str) -> bool {
+    let on = std::env::var("HETEROPOD_DPU").is_ok_and(|v| !v.is_empty() && v != "0");
+    if !on {
+        eprintln!("{test}: skipped: HETEROPOD_DPU is not set (no DPU agent for this handler)");
+    }
+    on
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dpu_container_logs_execs_exits_in_the_dpu_cgroup() {
+    if !dpu_enabled("dpu_container_logs_execs_exits_in_the_dpu_cgroup") {
+        return;
+    }
+    run("placement-dpu", async |ctx| {
+        let mut cri = ctx.cri();
+        let name = "offloaded";
+        let pod = ctx
+            .run_pod(
+                ctx.pod()
+                    .annotation(&format!("{PLACEMENT_PREFIX}{name}"), "dpu"),
+            )
+            .await?;
+        let script = "echo hello-from-dpu; echo err-from-dpu >&2; \
+                      while [ ! -e /tmp/go ]; do sleep 0.1; done; exit 7";
+        let c = ctx
+            .run_container(&pod, ctx.container(name).shell(script))
+            .await?;
+
+        let lines =
+            logs::wait_for(&pod.log_path(name), "stdout", "hello-from-dpu", LOG_WAIT).await?;
+        let lines = if logs::stream_text(&lines, "stderr").is_empty() {
+            logs::wait_for(&pod.log_path(name), "stderr", "err-from-dpu", LOG_WAIT).await?
+        } else {
+            lines
+        };
+        ensure!(
+            logs::stream_text(&lines, "stderr") == "err-from-dpu\n",
+            "stderr {lines:?}"
+        );
+
+        let r = cri
+            .exec_sync(&c, &["sh", "-c", "echo exec-out; exit 4"], 30)
+            .await?;
+        ensure!(r.exit_code == 4, "exec exit code {}", r.exit_code);
+        ensure!(r.stdout == b"exec-out\n", "exec stdout {:?}", r.stdout);
+
+        // The processes are in the DPU's cgroup, limited to the DPU's cores.
+        let parent = dpu_cgroup_parent();
+        let own = format!("/{parent}/{c}");
+        let cgroups = cri.exec_ok(&c, &["cat", "/proc/self/cgroup"]).await?;
+        let cpuset_line = cgroups
+            .lines()
+            .find(|l| {
+                l.split(':')
+                    .nth(1)
+                    .is_some_and(|c| c.split(',').any(|c| c == "cpuset"))
+            })
+            .with_context(|| format!("no cpuset line in {cgroups:?}"))?;
+        ensure!(
+            cpuset_line.ends_with(&own),
+            "cpuset cgroup {cpuset_line:?}, want {own}"
+        );
+        let root = std::path::Path::new("/sys/fs/cgroup/cpuset");
+        let read = |p: &std::path::Path| -> anyhow::Result<String> {
+            Ok(heteropod_conformance::harness::read_to_string(p)?
+                .trim()
+                .to_string())
+        };
+        let dpu_cpus = read(&root.join(&parent).join("cpuset.cpus"))?;
+        let ctr_cpus = read(&root.join(&parent).join(&c).join("cpuset.cpus"))?;
+        ensure!(!dpu_cpus.is_empty(), "DPU cgroup has no cpuset");
+        ensure!(
+            ctr_cpus == dpu_cpus,
+            "container cpuset {ctr_cpus:?}, DPU {dpu_cpus:?}"
+        );
+        let procs = read(&root.join(&parent).join(&c).join("cgroup.procs"))?;
+        ensure!(!procs.is_empty(), "no process in the DPU cgroup of {c}");
+
+        cri.exec_ok(&c, &["touch", "/tmp/go"]).await?;
+        let st = wait::exited(&cri, &c).await?;
+        ensure!(st.exit_code == 7, "exit code {}", st.exit_code);
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_pid_namespace_with_an_offloaded_container_is_refused() {
+    if !dpu_enabled("shared_pid_namespace_with_an_offloaded_container_is_refused") {
+        return;
+    }
+    run("placement-shared-pid", async |ctx| {
+        let name = "offloaded";
+        let pod = ctx
+            .run_pod(
+                ctx.pod()
+                    .shared_pid()
+                    .annotation(&format!("{PLACEMENT_PREFIX}{name}"), "dpu"),
+            )
+            .await?;
+        // The shim sees the container at StartContainer (CreateTask).
+        let err = ctx
+            .run_container(&pod, ctx.container(name).shared_pid().command(&["true"]))
+            .await
+            .err()
+            .context("a DPU container sharing the Pod PID namespace started")?;
+        let text = format!("{err:#}");
+        ensure!(text.contains("PID namespace"), "error {text}");
+        ensure!(grpc_code(&err).is_some(), "not a gRPC error: {text}");
+        Ok(())
+    })
+    .await;
+}
