@@ -257,6 +257,11 @@ impl TaskService {
                     req.exec_id
                 )));
             }
+            if p.state() != State::Created {
+                if let Err(e) = c.backend.delete_exec(&req.exec_id).await {
+                    tracing::warn!(container = %req.id, exec = %req.exec_id, "delete exec: {e}");
+                }
+            }
             c.remove_exec(&req.exec_id);
             self.shared.exits.forget(p.pid());
             let exit = p.exit().unwrap_or_else(|| Exit::now(0));

@@ -250,6 +250,14 @@ impl Backend for DpuBackend {
         convert::stats_any(&stats)
     }
 
+    async fn delete_exec(&self, exec_id: &str) -> Result<()> {
+        self.execs().retain(|_, e| e != exec_id);
+        match self.agent.delete(&self.id, exec_id).await {
+            Ok(_) | Err(heteropod_dpu_proxy::Error::NotFound(_)) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     async fn resize_pty(&self, exec_id: &str, width: u32, height: u32) -> Result<bool> {
         self.agent
             .resize_pty(&self.id, exec_id, width, height)

@@ -64,6 +64,10 @@ pub trait Backend: Send + Sync {
     async fn update(&self, resources: &LinuxResources) -> Result<()>;
     /// cgroup metrics packed in an `Any` containerd decodes.
     async fn stats(&self, init_pid: u32) -> Result<Any>;
+    /// Forgets a finished exec (the backend may keep its record until then).
+    async fn delete_exec(&self, _exec_id: &str) -> Result<()> {
+        Ok(())
+    }
     /// Resizes a terminal the backend owns; `false` when the shim's own
     /// console (if any) is the terminal.
     async fn resize_pty(&self, _exec_id: &str, _width: u32, _height: u32) -> Result<bool> {
