@@ -84,7 +84,7 @@ anything_running() {
     [[ -n "$(our_containerd_pids)" ]] && return 0
     [[ -n "$(our_registry_pids)" ]] && return 0
     dpu_pid >/dev/null && return 0
-    [[ -d /sys/fs/cgroup/cpuset/$DPU_CGROUP_PARENT ]] && return 0
+    compgen -G "/sys/fs/cgroup/*/$DPU_CGROUP_PARENT" >/dev/null && return 0
     [[ -n "$(pids_with_arg " -address $CONTAINERD_ADDRESS ")" ]] && return 0
     [[ -n "$(our_mounts)" ]] && return 0
     ip link show "$CNI_BRIDGE" >/dev/null 2>&1 && return 0

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context};
 use heteropod_conformance::client::grpc_code;
-use heteropod_conformance::{logs, run, wait};
+use heteropod_conformance::{logs, net, run, wait};
 
 const LOG_WAIT: Duration = Duration::from_secs(20);
 const PLACEMENT_PREFIX: &str = "heteropod.io/placement.";
@@ -130,6 +130,97 @@ async fn shared_pid_namespace_with_an_offloaded_container_is_refused() {
         let text = format!("{err:#}");
         ensure!(text.contains("PID namespace"), "error {text}");
         ensure!(grpc_code(&err).is_some(), "not a gRPC error: {text}");
+        Ok(())
+    })
+    .await;
+}
+
+/// A shell script that serves `body` on `bind` with busybox httpd in the foreground.
+fn httpd(body: &str, bind: &str) -> String {
+    format!("mkdir -p /www && echo {body} > /www/index.html && exec httpd -f -p {bind} -h /www")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dpu_container_runs_in_the_dpu_half_with_the_pod_ip() {
+    if !dpu_enabled("dpu_container_runs_in_the_dpu_half_with_the_pod_ip") {
+        return;
+    }
+    run("placement-dpu-netns", async |ctx| {
+        let mut cri = ctx.cri();
+        let pod = ctx
+            .run_pod(
+                ctx.pod()
+                    .annotation(&format!("{PLACEMENT_PREFIX}side"), "dpu"),
+            )
+            .await?;
+        let app = ctx
+            .run_container(&pod, ctx.container("app").shell("exec sleep 1000"))
+            .await?;
+        let side = ctx
+            .run_container(&pod, ctx.container("side").shell("exec sleep 1000"))
+            .await?;
+        let ip = net::pod_ip(&cri.pod_status(&pod.id).await?)?;
+        let cpu_ns = cri
+            .exec_ok(&app, &["readlink", "/proc/self/ns/net"])
+            .await?;
+        let dpu_ns = cri
+            .exec_ok(&side, &["readlink", "/proc/self/ns/net"])
+            .await?;
+        ensure!(
+            cpu_ns != dpu_ns,
+            "DPU container shares the CPU netns {cpu_ns}"
+        );
+        let addrs = cri.exec_ok(&side, &["ip", "-4", "addr"]).await?;
+        ensure!(
+            addrs.contains(&format!("inet {ip}/")),
+            "Pod IP {ip} not in the DPU half: {addrs}"
+        );
+        ensure!(addrs.contains("inet 127.0.0.1/8"), "no loopback: {addrs}");
+        Ok(())
+    })
+    .await;
+}
+
+// heteropod-dpu-proxy hands the CIDR Pod IP of CreatePodNetwork to
+// `heteronet --pod-ip`, which takes a bare address, so the DPU relay never
+// starts. Passes once the agent strips the prefix length (checked by hand with
+// a wrapper that does): run with `-- --ignored`.
+#[ignore = "dpu-proxy passes a CIDR to heteronet --pod-ip; see the comment above"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cpu_container_reaches_a_dpu_listener_on_localhost() {
+    if !dpu_enabled("cpu_container_reaches_a_dpu_listener_on_localhost") {
+        return;
+    }
+    run("placement-dpu-localhost", async |ctx| {
+        let cri = ctx.cri();
+        let pod = ctx
+            .run_pod(
+                ctx.pod()
+                    .annotation(&format!("{PLACEMENT_PREFIX}web"), "dpu"),
+            )
+            .await?;
+        let app = ctx
+            .run_container(&pod, ctx.container("app").shell("exec sleep 1000"))
+            .await?;
+        ctx.run_container(
+            &pod,
+            ctx.container("web")
+                .shell(&httpd("hello-from-dpu-half", "127.0.0.1:18080")),
+        )
+        .await?;
+        // The relay mirrors the DPU listener into the CPU half shortly after it binds.
+        let body = wait::until("the DPU listener from the CPU half", LOG_WAIT, || {
+            let mut cri = cri.clone();
+            let app = app.clone();
+            async move {
+                let r = cri
+                    .exec_sync(&app, &["wget", "-qO-", "http://127.0.0.1:18080/"], 10)
+                    .await?;
+                Ok((r.exit_code == 0).then(|| String::from_utf8_lossy(&r.stdout).into_owned()))
+            }
+        })
+        .await?;
+        ensure!(body.trim() == "hello-from-dpu-half", "body {body:?}");
         Ok(())
     })
     .await;

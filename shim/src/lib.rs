@@ -16,6 +16,7 @@ pub mod io;
 pub mod logging;
 pub mod options;
 pub mod placement;
+pub mod pod_network;
 pub mod process;
 pub mod sandbox;
 pub mod service;

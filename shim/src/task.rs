@@ -34,6 +34,8 @@ pub(crate) struct Shared {
     pub(crate) exits: ExitTable<Container>,
     pub(crate) events: Events,
     pub(crate) exit_signal: Arc<ExitSignal>,
+    /// The Pod's network halves, once a container runs on the DPU.
+    pub(crate) pod_network: tokio::sync::Mutex<Option<crate::pod_network::PodNetwork>>,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -27,6 +27,7 @@ use crate::{
     io::Stdio,
     options::RuntimeOptions,
     placement,
+    pod_network::{self, PodNetwork, PodNetworkSpec},
     process::{Exit, Process, State},
     sandbox::Sandbox,
     task::{lock, Shared, TaskService},
@@ -42,6 +43,7 @@ impl TaskService {
                 exits: ExitTable::default(),
                 events,
                 exit_signal,
+                pod_network: tokio::sync::Mutex::new(None),
             }),
         }
     }
@@ -124,11 +126,22 @@ impl TaskService {
                 ..Default::default()
             })
         });
+        let pod_netns = match placement {
+            placement::Placement::Dpu => match self.dpu_pod_netns(&spec, &config).await {
+                Ok(n) => n,
+                Err(e) => {
+                    lock(&self.shared.sandbox).remove(&req.id);
+                    return Err(e);
+                }
+            },
+            placement::Placement::Cpu => None,
+        };
         let spawned = match backend
             .create(CreateSpec {
                 rootfs: &req.rootfs,
                 stdio: &stdio,
                 on_oom,
+                pod_netns: pod_netns.as_deref(),
             })
             .await
         {
@@ -190,6 +203,28 @@ impl TaskService {
             pid: spawned.pid,
             ..Default::default()
         })
+    }
+
+    /// The DPU half of the Pod network for a container placed on the DPU,
+    /// created with the Pod's first such container. `None` when the container
+    /// joins no Pod netns (host network) or is not a CRI container.
+    async fn dpu_pod_netns(&self, spec: &BundleSpec, config: &Config) -> Result<Option<String>> {
+        let (Some(cpu_netns), Some(pod_id)) = (
+            spec.netns_path.as_deref(),
+            spec.annotations.get(placement::SANDBOX_ID),
+        ) else {
+            return Ok(None);
+        };
+        let mut slot = self.shared.pod_network.lock().await;
+        if let Some(net) = slot.as_ref() {
+            return Ok(Some(net.dpu_netns.clone()));
+        }
+        let ip = pod_network::pod_ip(cpu_netns).await?;
+        let net_spec = PodNetworkSpec::new(pod_id, cpu_netns, &ip);
+        let net = PodNetwork::create(&config.dpu.endpoint, &config.dpu.relay, &net_spec).await?;
+        let netns = net.dpu_netns.clone();
+        *slot = Some(net);
+        Ok(Some(netns))
     }
 
     pub(crate) async fn do_start(&self, req: api::StartRequest) -> Result<api::StartResponse> {
@@ -275,6 +310,11 @@ impl TaskService {
             )));
         }
         c.backend.delete().await?;
+        if lock(&self.shared.sandbox).sandbox_id() == Some(req.id.as_str()) {
+            if let Some(net) = self.shared.pod_network.lock().await.take() {
+                net.destroy().await;
+            }
+        }
         if p.exit().is_none() {
             // Created but never started: the forced delete killed it; its exit
             // may still be on the way.

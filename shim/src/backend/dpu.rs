@@ -162,7 +162,7 @@ impl Backend for DpuBackend {
     }
 
     async fn create(&self, spec: CreateSpec<'_>) -> Result<Spawned> {
-        into_agent::prepare_bundle(&self.bundle)?;
+        into_agent::prepare_bundle(&self.bundle, spec.pod_netns)?;
         rootfs::mount(&self.bundle, spec.rootfs).await?;
         let req = into_agent::create_request(&self.id, &self.bundle, spec.stdio);
         let pid = match self.agent.create_container(req).await {

@@ -42,6 +42,9 @@ pub struct CreateSpec<'a> {
     pub rootfs: &'a [Mount],
     pub stdio: &'a Stdio,
     pub on_oom: OomCallback,
+    /// The netns of the Pod's network half on this unit, when it differs from
+    /// the one in the spec (the DPU half).
+    pub pod_netns: Option<&'a str>,
 }
 
 /// One container on one processing unit.

@@ -44,8 +44,9 @@ pub fn resources_json(resources: &LinuxResources) -> Result<Vec<u8>> {
 /// Rewrites an OCI spec so it can run on the DPU: the CRI joins every
 /// container to the sandbox's IPC namespace, which lives on the CPU and cannot
 /// span the two units, so an offloaded container gets an IPC namespace of its
-/// own. (A shared PID namespace is refused earlier, in placement.)
-pub fn spec_for_dpu(spec: &mut Value) -> Result<bool> {
+/// own. (A shared PID namespace is refused earlier, in placement.) With a
+/// Pod network DPU half, the container joins `pod_netns` instead of the CPU half.
+pub fn spec_for_dpu(spec: &mut Value, pod_netns: Option<&str>) -> Result<bool> {
     let Some(nss) = spec
         .get_mut("linux")
         .and_then(|l| l.get_mut("namespaces"))
@@ -60,20 +61,34 @@ pub fn spec_for_dpu(spec: &mut Value) -> Result<bool> {
                 "OCI spec: linux.namespaces holds a non-object".into(),
             ));
         };
-        if obj.get("type").and_then(Value::as_str) == Some("ipc") && obj.remove("path").is_some() {
-            changed = true;
+        let typ = obj
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        match typ.as_str() {
+            "ipc" if obj.remove("path").is_some() => changed = true,
+            "network" if obj.contains_key("path") => {
+                if let Some(netns) = pod_netns {
+                    if obj.get("path").and_then(Value::as_str) != Some(netns) {
+                        obj.insert("path".into(), Value::from(netns));
+                        changed = true;
+                    }
+                }
+            }
+            _ => {}
         }
     }
     Ok(changed)
 }
 
 /// Applies [`spec_for_dpu`] to `<bundle>/config.json` in place.
-pub fn prepare_bundle(bundle: &Path) -> Result<()> {
+pub fn prepare_bundle(bundle: &Path, pod_netns: Option<&str>) -> Result<()> {
     let path = bundle.join("config.json");
     let text = std::fs::read(&path).map_err(Error::io(format!("read {}", path.display())))?;
     let mut spec: Value = serde_json::from_slice(&text)
         .map_err(|e| Error::InvalidArgument(format!("bundle {}: {e}", path.display())))?;
-    if spec_for_dpu(&mut spec)? {
+    if spec_for_dpu(&mut spec, pod_netns)? {
         std::fs::write(&path, serde_json::to_vec(&spec)?)
             .map_err(Error::io(format!("write {}", path.display())))?;
     }
@@ -91,22 +106,33 @@ mod tests {
             {"type": "ipc", "path": "/proc/1/ns/ipc"},
             {"type": "network", "path": "/var/run/netns/x"},
             {"type": "pid"}]}});
-        assert!(spec_for_dpu(&mut sut).unwrap());
+        assert!(spec_for_dpu(&mut sut, None).unwrap());
         let nss = sut["linux"]["namespaces"].as_array().unwrap();
         assert_eq!(nss[0], json!({"type": "ipc"}));
         assert_eq!(nss[1]["path"], "/var/run/netns/x");
         assert!(
-            !spec_for_dpu(&mut sut).unwrap(),
+            !spec_for_dpu(&mut sut, None).unwrap(),
             "second pass changes nothing"
         );
-        assert!(!spec_for_dpu(&mut json!({})).unwrap());
+        assert!(!spec_for_dpu(&mut json!({}), None).unwrap());
+    }
+
+    #[test]
+    fn dpu_containers_join_the_dpu_half_of_the_pod_network() {
+        let mut sut = json!({"linux": {"namespaces": [
+            {"type": "network", "path": "/var/run/netns/cpu-half"}]}});
+        assert!(spec_for_dpu(&mut sut, Some("/run/dpu/netns/pod1")).unwrap());
+        assert_eq!(sut["linux"]["namespaces"][0]["path"], "/run/dpu/netns/pod1");
+        // Host-network containers (no path) are left alone.
+        let mut host = json!({"linux": {"namespaces": [{"type": "pid"}]}});
+        assert!(!spec_for_dpu(&mut host, Some("/x")).unwrap());
     }
 
     #[test]
     fn malformed_namespaces_are_invalid_argument() {
         let mut sut = json!({"linux": {"namespaces": [3]}});
         assert!(matches!(
-            spec_for_dpu(&mut sut),
+            spec_for_dpu(&mut sut, None),
             Err(Error::InvalidArgument(_))
         ));
     }
