@@ -135,6 +135,41 @@ async fn shared_pid_namespace_with_an_offloaded_container_is_refused() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dpu_memory_hog_is_reported_oom_killed() {
+    if !dpu_enabled("dpu_memory_hog_is_reported_oom_killed") {
+        return;
+    }
+    run("placement-dpu-oom", async |ctx| {
+        let cri = ctx.cri();
+        let pod = ctx
+            .run_pod(
+                ctx.pod()
+                    .annotation(&format!("{PLACEMENT_PREFIX}hog"), "dpu"),
+            )
+            .await?;
+        // `tail` keeps the endless "line" of /dev/zero in memory until the limit hits.
+        let c = ctx
+            .run_container(
+                &pod,
+                ctx.container("hog")
+                    .command(&["tail", "/dev/zero"])
+                    .memory_limit(32 << 20),
+            )
+            .await?;
+        let st = wait::exited(&cri, &c).await?;
+        ensure!(
+            st.reason == "OOMKilled",
+            "reason {:?} (exit code {})",
+            st.reason,
+            st.exit_code
+        );
+        ensure!(st.exit_code == 137, "exit code {}", st.exit_code);
+        Ok(())
+    })
+    .await;
+}
+
 /// A shell script that serves `body` on `bind` with busybox httpd in the foreground.
 fn httpd(body: &str, bind: &str) -> String {
     format!("mkdir -p /www && echo {body} > /www/index.html && exec httpd -f -p {bind} -h /www")

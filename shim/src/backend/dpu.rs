@@ -14,13 +14,13 @@ use std::{
 use async_trait::async_trait;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use heteropod_dpu_proxy::{
-    client::{copy_input, copy_output, Stream},
+    client::{copy_input, copy_output, EventCursor, EventKind, Stream},
     AgentClient, DpuAgent,
 };
 use oci_spec::runtime::{LinuxResources, Process as OciProcess};
 use tokio::task::JoinHandle;
 
-use super::{rootfs, Backend, CreateSpec, ExitFuture, Spawned};
+use super::{rootfs, Backend, CreateSpec, ExitFuture, OomCallback, Spawned};
 use crate::{
     convert::{self, into_agent},
     error::{Error, Result},
@@ -72,10 +72,47 @@ impl DpuBackend {
         self.execs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Reports the container's OOM kills from the agent's event stream until
+    /// its init exits (the agent sends OOM before that exit).
+    fn watch_oom(&self, on_oom: OomCallback) -> JoinHandle<()> {
+        let (agent, id) = (self.agent.clone(), self.id.clone());
+        tokio::spawn(async move {
+            let mut cursor = EventCursor::default();
+            let mut failures = 0;
+            loop {
+                let events = match cursor.next(&agent).await {
+                    Ok(events) => events,
+                    Err(e) if failures < RECONNECT_ATTEMPTS => {
+                        failures += 1;
+                        tracing::debug!(container = %id, "DPU events: {e}");
+                        tokio::time::sleep(RECONNECT_PAUSE).await;
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(container = %id, "OOM events from the DPU lost: {e}");
+                        return;
+                    }
+                };
+                for e in events.iter().filter(|e| e.container_id == id) {
+                    match e.kind.enum_value() {
+                        Ok(EventKind::OOM) => on_oom(),
+                        Ok(EventKind::EXIT) if e.exec_id.is_empty() => return,
+                        _ => {}
+                    }
+                }
+            }
+        })
+    }
+
     /// Streams the process's stdio between containerd's FIFOs and the agent;
     /// returns the stdin holder and a future that resolves to its exit once
-    /// its output is drained.
-    async fn attach(&self, exec_id: &str, stdio: &Stdio) -> Result<(Option<File>, ExitFuture)> {
+    /// its output is drained (and, for init, its OOM kills are reported).
+    async fn attach(
+        &self,
+        exec_id: &str,
+        stdio: &Stdio,
+        oom_watch: Option<JoinHandle<()>>,
+    ) -> Result<(Option<File>, ExitFuture)> {
         let mut copies: Vec<JoinHandle<()>> = Vec::new();
         let streams = if stdio.terminal {
             // The terminal carries both streams as one.
@@ -117,6 +154,10 @@ impl DpuBackend {
         let (agent, id, exec) = (self.agent.clone(), self.id.clone(), exec_id.to_string());
         let exit: ExitFuture = Box::pin(async move {
             let exit = wait_exit(&agent, &id, &exec).await;
+            if let Some(watch) = oom_watch {
+                // containerd reports OOMKilled only if TaskOOM precedes TaskExit.
+                let _ = tokio::time::timeout(OUTPUT_DRAIN, watch).await;
+            }
             for copy in copies {
                 let _ = tokio::time::timeout(OUTPUT_DRAIN, copy).await;
             }
@@ -172,7 +213,8 @@ impl Backend for DpuBackend {
                 return Err(e.into());
             }
         };
-        match self.attach("", spec.stdio).await {
+        let oom_watch = self.watch_oom(spec.on_oom);
+        match self.attach("", spec.stdio, Some(oom_watch)).await {
             Ok((stdin, exit)) => Ok(Spawned {
                 pid,
                 stdin,
@@ -196,7 +238,7 @@ impl Backend for DpuBackend {
         self.agent.exec(req).await?;
         let pid = self.agent.start(&self.id, exec_id).await?;
         self.execs().insert(pid, exec_id.to_string());
-        let (stdin, exit) = self.attach(exec_id, stdio).await?;
+        let (stdin, exit) = self.attach(exec_id, stdio, None).await?;
         Ok(Spawned {
             pid,
             stdin,
