@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context};
 use heteropod_conformance::client::grpc_code;
-use heteropod_conformance::{logs, net, run, wait};
+use heteropod_conformance::{host, logs, net, run, wait};
 
 const LOG_WAIT: Duration = Duration::from_secs(20);
 const PLACEMENT_PREFIX: &str = "heteropod.io/placement.";
@@ -165,6 +165,48 @@ async fn dpu_memory_hog_is_reported_oom_killed() {
             st.exit_code
         );
         ensure!(st.exit_code == 137, "exit code {}", st.exit_code);
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dpu_container_goes_with_a_killed_shim() {
+    if !dpu_enabled("dpu_container_goes_with_a_killed_shim") {
+        return;
+    }
+    run("placement-dpu-shim-killed", async |ctx| {
+        let cri = ctx.cri();
+        let name = "orphan";
+        let pod = ctx
+            .run_pod(
+                ctx.pod()
+                    .annotation(&format!("{PLACEMENT_PREFIX}{name}"), "dpu"),
+            )
+            .await?;
+        let c = ctx
+            .run_container(&pod, ctx.container(name).shell("exec sleep 1000"))
+            .await?;
+        let procs = std::path::Path::new("/sys/fs/cgroup/cpuset")
+            .join(dpu_cgroup_parent())
+            .join(&c)
+            .join("cgroup.procs");
+        ensure!(procs.exists(), "{} missing", procs.display());
+        let shims = host::shims_of(&pod.id);
+        ensure!(!shims.is_empty(), "no shim for Pod {}", pod.id);
+        for s in &shims {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(s.pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            )?;
+        }
+        // containerd runs `shim delete`, which must remove the DPU container too.
+        wait::exited(&cri, &c).await?;
+        wait::until("the DPU container to go", LOG_WAIT, || {
+            let procs = procs.clone();
+            async move { Ok((!procs.exists()).then_some(())) }
+        })
+        .await?;
         Ok(())
     })
     .await;

@@ -37,11 +37,15 @@ const RECONNECT_ATTEMPTS: u32 = 30;
 const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
 /// Exit status reported when the agent lost track of a process.
 const LOST_STATUS: u32 = 255;
+/// Written in the bundle at Create: which agent runs the container, for
+/// `shim delete` after the shim died.
+const ENDPOINT_FILE: &str = "dpu-endpoint";
 
 pub struct DpuBackend {
     id: String,
     bundle: PathBuf,
     agent: AgentClient,
+    endpoint: String,
     /// Exec pids (DPU side) to exec ids: the agent addresses execs by id.
     execs: Mutex<HashMap<u32, String>>,
 }
@@ -64,6 +68,7 @@ impl DpuBackend {
             id: id.to_string(),
             bundle: bundle.to_path_buf(),
             agent,
+            endpoint: endpoint.to_string(),
             execs: Mutex::new(HashMap::new()),
         })
     }
@@ -196,6 +201,26 @@ async fn wait_exit(agent: &AgentClient, id: &str, exec_id: &str) -> Exit {
     }
 }
 
+/// `shim delete` for a container the dead shim ran on the DPU: `Ok(false)`
+/// when the bundle shows none.
+pub async fn cleanup(id: &str, bundle: &Path) -> Result<bool> {
+    let Ok(endpoint) = std::fs::read_to_string(bundle.join(ENDPOINT_FILE)) else {
+        return Ok(false);
+    };
+    let backend = match DpuBackend::connect(id, bundle, endpoint.trim()).await {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = rootfs::clean(bundle).await;
+            return Err(e);
+        }
+    };
+    if let Err(e) = backend.agent.kill(id, "", 9, true).await {
+        tracing::debug!(container = %id, "kill on the DPU: {e}");
+    }
+    backend.delete().await?;
+    Ok(true)
+}
+
 #[async_trait]
 impl Backend for DpuBackend {
     fn placement(&self) -> Placement {
@@ -213,6 +238,10 @@ impl Backend for DpuBackend {
                 return Err(e.into());
             }
         };
+        let marker = self.bundle.join(ENDPOINT_FILE);
+        if let Err(e) = std::fs::write(&marker, &self.endpoint) {
+            tracing::warn!(container = %self.id, "write {}: {e}", marker.display());
+        }
         let oom_watch = self.watch_oom(spec.on_oom);
         match self.attach("", spec.stdio, Some(oom_watch)).await {
             Ok((stdin, exit)) => Ok(Spawned {
@@ -266,6 +295,7 @@ impl Backend for DpuBackend {
             Err(e) => return Err(e.into()),
         }
         self.execs().clear();
+        stdio_io::remove_quietly(&self.bundle.join(ENDPOINT_FILE));
         rootfs::clean(&self.bundle).await
     }
 

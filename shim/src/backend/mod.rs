@@ -99,6 +99,15 @@ pub async fn for_placement(
     }
 }
 
+/// `shim delete`: removes what a shim that died left behind for container
+/// `id`, on whichever unit it ran.
+pub async fn cleanup(id: &str, bundle: &Path, namespace: &str) -> Result<()> {
+    if dpu::cleanup(id, bundle).await? {
+        return Ok(());
+    }
+    runc::cleanup(id, bundle, namespace).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
