@@ -207,6 +207,17 @@ async fn dpu_container_goes_with_a_killed_shim() {
             async move { Ok((!procs.exists()).then_some(())) }
         })
         .await?;
+        // ... and both relays of the Pod network and their shared region.
+        let region: String = format!("heteropod-{}", &pod.id[..16]);
+        wait::until("the Pod's relays to go", LOG_WAIT, || {
+            let region = region.clone();
+            async move {
+                let left = host::processes(|args| args.iter().any(|a| a.contains(&region)));
+                let shm = std::path::Path::new("/dev/shm").join(&region);
+                Ok((left.is_empty() && !shm.exists()).then_some(()))
+            }
+        })
+        .await?;
         Ok(())
     })
     .await;

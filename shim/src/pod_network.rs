@@ -4,12 +4,35 @@
 //! container lands on the DPU (Pods without one pay nothing), torn down with
 //! the sandbox.
 
-use std::{process::Stdio as ProcStdio, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio as ProcStdio,
+    time::Duration,
+};
 
 use heteropod_dpu_proxy::{client::CreatePodNetworkRequest, AgentClient, DpuAgent};
+use serde::{Deserialize, Serialize};
 use tokio::process::{Child, Command};
 
-use crate::error::{Error, Result};
+use crate::{
+    bundle::BundleSpec,
+    config::Config,
+    error::{Error, Result},
+    io::remove_quietly,
+    placement,
+};
+
+/// Written in the sandbox bundle while the halves exist, so `shim delete`
+/// can remove them after the shim died.
+const MARKER_FILE: &str = "dpu-pod-network.json";
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct Marker {
+    endpoint: String,
+    pod_id: String,
+    relay_pid: u32,
+    region: String,
+}
 
 /// How long the CPU relay gets to leave on SIGTERM.
 const RELAY_STOP_GRACE: Duration = Duration::from_secs(3);
@@ -47,6 +70,83 @@ pub struct PodNetwork {
     pub dpu_netns: String,
     relay: Option<Child>,
     agent: AgentClient,
+    /// Where the marker is (the sandbox bundle), if known.
+    marker: Option<PathBuf>,
+}
+
+/// The DPU half's netns for a container placed on the DPU, creating both
+/// halves with the Pod's first such container. `None` when the container
+/// joins no Pod netns (host network) or is not a CRI container.
+pub async fn dpu_half(
+    slot: &tokio::sync::Mutex<Option<PodNetwork>>,
+    spec: &BundleSpec,
+    config: &Config,
+    sandbox_bundle: Option<PathBuf>,
+) -> Result<Option<String>> {
+    let (Some(cpu_netns), Some(pod_id)) = (
+        spec.netns_path.as_deref(),
+        spec.annotations.get(placement::SANDBOX_ID),
+    ) else {
+        return Ok(None);
+    };
+    let mut slot = slot.lock().await;
+    if let Some(net) = slot.as_ref() {
+        return Ok(Some(net.dpu_netns.clone()));
+    }
+    let ip = pod_ip(cpu_netns).await?;
+    let net_spec = PodNetworkSpec::new(pod_id, cpu_netns, &ip);
+    let mut net = PodNetwork::create(&config.dpu.endpoint, &config.dpu.relay, &net_spec).await?;
+    if let Some(bundle) = sandbox_bundle {
+        let marker = Marker {
+            endpoint: config.dpu.endpoint.clone(),
+            pod_id: pod_id.clone(),
+            relay_pid: net.relay.as_ref().and_then(Child::id).unwrap_or_default(),
+            region: net_spec.region.clone(),
+        };
+        let path = bundle.join(MARKER_FILE);
+        match std::fs::write(&path, serde_json::to_vec(&marker)?) {
+            Ok(()) => net.marker = Some(path),
+            Err(e) => tracing::warn!("write {}: {e}", path.display()),
+        }
+    }
+    let netns = net.dpu_netns.clone();
+    *slot = Some(net);
+    Ok(Some(netns))
+}
+
+/// `shim delete` of a sandbox whose shim died: removes the DPU half and the
+/// orphaned CPU relay recorded in its bundle.
+pub async fn cleanup(bundle: &Path) -> Result<()> {
+    let path = bundle.join(MARKER_FILE);
+    let Ok(text) = std::fs::read(&path) else {
+        return Ok(());
+    };
+    let marker: Marker = serde_json::from_slice(&text)?;
+    if marker.relay_pid != 0 {
+        // Only if the pid still is that relay (pids are reused).
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", marker.relay_pid))
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        if cmdline.contains(&marker.region) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(marker.relay_pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    // A killed relay cannot remove its region and rendezvous socket.
+    if let Some(name) = marker.region.strip_prefix("shm:/") {
+        let file = Path::new("/dev/shm").join(name);
+        remove_quietly(&file);
+        remove_quietly(&file.with_extension("sock"));
+    }
+    let agent = AgentClient::connect(&marker.endpoint).await?;
+    match agent.destroy_pod_network(&marker.pod_id).await {
+        Ok(()) | Err(heteropod_dpu_proxy::Error::NotFound(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    remove_quietly(&path);
+    Ok(())
 }
 
 /// The Pod IP (CIDR) on the first global IPv4 address in `netns`.
@@ -118,6 +218,7 @@ impl PodNetwork {
             dpu_netns: String::new(),
             relay,
             agent,
+            marker: None,
         };
         match net.agent.create_pod_network(req).await {
             Ok(r) => {
@@ -156,6 +257,9 @@ impl PodNetwork {
             tracing::warn!(pod = %self.pod_id, "destroy the DPU half: {e}");
         }
         self.stop_relay().await;
+        if let Some(marker) = &self.marker {
+            remove_quietly(marker);
+        }
     }
 }
 

@@ -112,6 +112,9 @@ impl Shim for Service {
         if let Err(e) = backend::cleanup(&self.id, &bundle, &self.namespace).await {
             eprintln!("cleanup of {}: {e}", self.id);
         }
+        if let Err(e) = crate::pod_network::cleanup(&bundle).await {
+            eprintln!("cleanup of the Pod network of {}: {e}", self.id);
+        }
         remove_dead_sockets(&bundle);
         let exit = Exit::now(128 + 9);
         Ok(DeleteResponse {

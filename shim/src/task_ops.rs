@@ -27,7 +27,6 @@ use crate::{
     io::Stdio,
     options::RuntimeOptions,
     placement,
-    pod_network::{self, PodNetwork, PodNetworkSpec},
     process::{Exit, Process, State},
     sandbox::Sandbox,
     task::{lock, Shared, TaskService},
@@ -127,7 +126,7 @@ impl TaskService {
             })
         });
         let pod_netns = match placement {
-            placement::Placement::Dpu => match self.dpu_pod_netns(&spec, &config).await {
+            placement::Placement::Dpu => match self.dpu_half(&spec, &config).await {
                 Ok(n) => n,
                 Err(e) => {
                     lock(&self.shared.sandbox).remove(&req.id);
@@ -205,26 +204,14 @@ impl TaskService {
         })
     }
 
-    /// The DPU half of the Pod network for a container placed on the DPU,
-    /// created with the Pod's first such container. `None` when the container
-    /// joins no Pod netns (host network) or is not a CRI container.
-    async fn dpu_pod_netns(&self, spec: &BundleSpec, config: &Config) -> Result<Option<String>> {
-        let (Some(cpu_netns), Some(pod_id)) = (
-            spec.netns_path.as_deref(),
-            spec.annotations.get(placement::SANDBOX_ID),
-        ) else {
-            return Ok(None);
-        };
-        let mut slot = self.shared.pod_network.lock().await;
-        if let Some(net) = slot.as_ref() {
-            return Ok(Some(net.dpu_netns.clone()));
-        }
-        let ip = pod_network::pod_ip(cpu_netns).await?;
-        let net_spec = PodNetworkSpec::new(pod_id, cpu_netns, &ip);
-        let net = PodNetwork::create(&config.dpu.endpoint, &config.dpu.relay, &net_spec).await?;
-        let netns = net.dpu_netns.clone();
-        *slot = Some(net);
-        Ok(Some(netns))
+    /// The DPU half of the Pod network for a container placed on the DPU.
+    async fn dpu_half(&self, spec: &BundleSpec, config: &Config) -> Result<Option<String>> {
+        let sandbox_bundle = spec
+            .annotations
+            .get(placement::SANDBOX_ID)
+            .and_then(|id| self.container(id).ok())
+            .map(|c| c.bundle.clone());
+        crate::pod_network::dpu_half(&self.shared.pod_network, spec, config, sandbox_bundle).await
     }
 
     pub(crate) async fn do_start(&self, req: api::StartRequest) -> Result<api::StartResponse> {

@@ -217,6 +217,8 @@ pub async fn cleanup(id: &str, bundle: &Path) -> Result<bool> {
     if let Err(e) = backend.agent.kill(id, "", 9, true).await {
         tracing::debug!(container = %id, "kill on the DPU: {e}");
     }
+    // The agent deletes only a stopped container.
+    let _ = tokio::time::timeout(OUTPUT_DRAIN, backend.agent.wait(id, "")).await;
     backend.delete().await?;
     Ok(true)
 }
