@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context};
 use heteropod_conformance::client::grpc_code;
+use heteropod_conformance::stream::Session;
 use heteropod_conformance::{host, logs, net, run, wait};
 
 const LOG_WAIT: Duration = Duration::from_secs(20);
@@ -218,6 +219,79 @@ async fn dpu_container_goes_with_a_killed_shim() {
             }
         })
         .await?;
+        Ok(())
+    })
+    .await;
+}
+
+/// A Pod whose `name` container runs `sleep` on the DPU; returns its id.
+async fn dpu_sleeper(ctx: &heteropod_conformance::Ctx, name: &str) -> anyhow::Result<String> {
+    let pod = ctx
+        .run_pod(
+            ctx.pod()
+                .annotation(&format!("{PLACEMENT_PREFIX}{name}"), "dpu"),
+        )
+        .await?;
+    ctx.run_container(&pod, ctx.container(name).shell("exec sleep 1000"))
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dpu_exec_stream_forwards_stdin() {
+    if !dpu_enabled("dpu_exec_stream_forwards_stdin") {
+        return;
+    }
+    run("placement-dpu-stdin", async |ctx| {
+        let mut cri = ctx.cri();
+        let c = dpu_sleeper(ctx, "side").await?;
+        let url = cri
+            .exec_url(&c, &["sh", "-c", "read line; echo got:$line"], false, true)
+            .await?;
+        let mut s = Session::connect(&url).await?;
+        s.send_stdin(b"hello-stdin\n").await?;
+        let out = s.finish(LOG_WAIT).await?;
+        ensure!(
+            out.stdout_text() == "got:hello-stdin\n",
+            "stdout {:?}",
+            out.stdout_text()
+        );
+        ensure!(out.exit_code()? == 0, "status {:?}", out.status);
+        Ok(())
+    })
+    .await;
+}
+
+// The agent runs a terminal exec with the pty on stdout but not on stdin
+// (`tty` prints "not a tty"), so this fails in heteropod-dpu-proxy, not in the
+// shim: run with `-- --ignored` once that is fixed.
+#[ignore = "dpu-proxy: terminal exec gets no pty on stdin; see the comment above"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dpu_exec_stream_with_tty_and_resize() {
+    if !dpu_enabled("dpu_exec_stream_with_tty_and_resize") {
+        return;
+    }
+    run("placement-dpu-tty", async |ctx| {
+        let mut cri = ctx.cri();
+        let c = dpu_sleeper(ctx, "side").await?;
+        let url = cri
+            .exec_url(
+                &c,
+                &["sh", "-c", "read go; tty; stty size; exit 4"],
+                true,
+                true,
+            )
+            .await?;
+        let mut s = Session::connect(&url).await?;
+        s.resize(123, 45).await?;
+        s.send_stdin(b"go\n").await?;
+        let out = s.finish(LOG_WAIT).await?;
+        let text = out.stdout_text();
+        ensure!(text.contains("/dev/pts/"), "not a terminal: {text:?}");
+        ensure!(
+            text.contains("45 123"),
+            "terminal size not applied: {text:?}"
+        );
+        ensure!(out.exit_code()? == 4, "status {:?}", out.status);
         Ok(())
     })
     .await;
