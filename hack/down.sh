@@ -7,6 +7,8 @@
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
+# shellcheck source=dpu.sh
+source "$(dirname "$0")/dpu.sh"
 
 need_root
 
@@ -81,6 +83,8 @@ anything_running() {
     [[ -d $HETEROPOD_STATE ]] && return 0
     [[ -n "$(our_containerd_pids)" ]] && return 0
     [[ -n "$(our_registry_pids)" ]] && return 0
+    dpu_pid >/dev/null && return 0
+    compgen -G "/sys/fs/cgroup/*/$DPU_CGROUP_PARENT" >/dev/null && return 0
     [[ -n "$(pids_with_arg " -address $CONTAINERD_ADDRESS ")" ]] && return 0
     [[ -n "$(our_mounts)" ]] && return 0
     ip link show "$CNI_BRIDGE" >/dev/null 2>&1 && return 0
@@ -362,6 +366,8 @@ main() {
     stop_registry
     kill_runc_containers
     stop_shims
+    # The agent's containers go with it (before the state dir holding its runc root).
+    stop_dpu
     kill_runc_containers
     remove_bundle_leftovers
     unmount_all

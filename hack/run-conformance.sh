@@ -7,6 +7,8 @@
 set -uo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
+# shellcheck source=dpu.sh
+source "$(dirname "$0")/dpu.sh"
 
 need_root
 cd "$REPO" || die "cannot cd to $REPO"
@@ -49,7 +51,12 @@ for handler in $HANDLERS; do
     logfile="$LOG_DIR/$handler.log"
     log "conformance suite, handler $handler (log: $logfile)"
     start=$(date +%s)
-    HETEROPOD_HANDLER="$handler" CONTAINERD_ADDRESS="$CONTAINERD_ADDRESS" \
+    # The DPU placement tests (tests/placement.rs) run for our handler only,
+    # and only while the emulated DPU agent runs; otherwise they skip.
+    dpu=""
+    [[ $handler == heteropod ]] && dpu_running && dpu=1
+    HETEROPOD_DPU="$dpu" DPU_CGROUP_PARENT="$DPU_CGROUP_PARENT" \
+        HETEROPOD_HANDLER="$handler" CONTAINERD_ADDRESS="$CONTAINERD_ADDRESS" \
         timeout "$SUITE_TIMEOUT" "$CARGO" test --release --no-fail-fast -p heteropod-conformance -- \
         --test-threads="$TEST_THREADS" "${FILTER[@]}" 2>&1 | tee "$logfile"
     rc=${PIPESTATUS[0]}

@@ -4,6 +4,8 @@
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
+# shellcheck source=dpu.sh
+source "$(dirname "$0")/dpu.sh"
 
 need_root
 
@@ -16,6 +18,7 @@ print_usage_hint() {
     CRI runtime handlers: runc (default), heteropod
     images: $PAUSE_IMAGE (sandbox), $BUSYBOX_IMAGE
     $registry
+    DPU:     $( dpu_running && echo "emulated, $DPU_ENDPOINT (log: $DPU_LOG)" || echo "off")
     ctr:     ctr -a $CONTAINERD_ADDRESS -n $CONTAINERD_NAMESPACE containers ls
     crictl (if installed): crictl --runtime-endpoint unix://$CONTAINERD_ADDRESS ps -a
     config:  $CONTAINERD_CONFIG   log: $CONTAINERD_LOG
@@ -87,6 +90,8 @@ start_containerd() {
 main() {
     if containerd_healthy; then
         "$REPO/hack/containerd-config.sh"
+        start_dpu
+        write_dpu_node_config
         install_node_config
         if containerd_pid >/dev/null; then
             log "private containerd already running and healthy"
@@ -103,6 +108,8 @@ main() {
             "$REPO/hack/down.sh"
         fi
         "$REPO/hack/containerd-config.sh"
+        start_dpu
+        write_dpu_node_config
         install_node_config
         start_containerd
     fi

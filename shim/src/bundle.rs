@@ -23,7 +23,7 @@ struct RawLinux {
     namespaces: Option<Vec<RawNamespace>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 struct RawNamespace {
     #[serde(rename = "type")]
     typ: String,
@@ -37,6 +37,8 @@ pub struct BundleSpec {
     /// No own PID namespace (none listed, or one joined by path): the
     /// container's processes do not die with its init.
     pub shared_pid_ns: bool,
+    /// The network namespace the container joins (the Pod's), if any.
+    pub netns_path: Option<String>,
 }
 
 impl BundleSpec {
@@ -44,13 +46,18 @@ impl BundleSpec {
         let raw: RawSpec = serde_json::from_str(text).map_err(|e| {
             Error::InvalidArgument(format!("bundle {origin}: malformed OCI spec: {e}"))
         })?;
-        let own_pid_ns = raw
-            .linux
-            .and_then(|l| l.namespaces)
-            .is_some_and(|ns| ns.iter().any(|n| n.typ == "pid" && n.path.is_none()));
+        let namespaces = raw.linux.and_then(|l| l.namespaces).unwrap_or_default();
+        let own_pid_ns = namespaces
+            .iter()
+            .any(|n| n.typ == "pid" && n.path.is_none());
+        let netns_path = namespaces
+            .iter()
+            .find(|n| n.typ == "network")
+            .and_then(|n| n.path.clone());
         Ok(BundleSpec {
             annotations: raw.annotations.unwrap_or_default(),
             shared_pid_ns: !own_pid_ns,
+            netns_path,
         })
     }
 

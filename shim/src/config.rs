@@ -41,7 +41,7 @@ impl Default for RuncConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DpuConfig {
     /// Whether a DPU is attached to this node at all.
@@ -50,6 +50,21 @@ pub struct DpuConfig {
     pub endpoint: String,
     pub cores: u32,
     pub memory_mb: u64,
+    /// The CPU-side HeteroNet relay binary (`heteronet`); empty: no relay, the
+    /// DPU half of a Pod network is then isolated.
+    pub relay: String,
+}
+
+impl Default for DpuConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            endpoint: String::new(),
+            cores: 0,
+            memory_mb: 0,
+            relay: "heteronet".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]

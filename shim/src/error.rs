@@ -21,6 +21,13 @@ pub enum Error {
     #[error("deadline exceeded: {0}")]
     DeadlineExceeded(String),
 
+    #[error("resource exhausted: {0}")]
+    ResourceExhausted(String),
+
+    /// The DPU agent failed in a way with no better code (see `convert`).
+    #[error("DPU agent: {0}")]
+    Dpu(heteropod_dpu_proxy::Error),
+
     #[error("{0} is not supported")]
     Unimplemented(&'static str),
 
@@ -68,6 +75,7 @@ impl Error {
             Error::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
             Error::AlreadyExists(_) => Code::ALREADY_EXISTS,
             Error::DeadlineExceeded(_) => Code::DEADLINE_EXCEEDED,
+            Error::ResourceExhausted(_) => Code::RESOURCE_EXHAUSTED,
             Error::Unimplemented(_) => Code::UNIMPLEMENTED,
             Error::Shim(e) => match e {
                 containerd_shim::Error::NotFoundError(_) => Code::NOT_FOUND,
@@ -77,9 +85,11 @@ impl Error {
                 containerd_shim::Error::Unimplemented(_) => Code::UNIMPLEMENTED,
                 _ => Code::UNKNOWN,
             },
-            Error::Runtime { .. } | Error::Io { .. } | Error::Protobuf(_) | Error::Nix(_) => {
-                Code::UNKNOWN
-            }
+            Error::Runtime { .. }
+            | Error::Io { .. }
+            | Error::Protobuf(_)
+            | Error::Nix(_)
+            | Error::Dpu(_) => Code::UNKNOWN,
         }
     }
 }

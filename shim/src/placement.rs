@@ -127,6 +127,21 @@ pub fn decide(annotations: &HashMap<String, String>, config: &Config) -> Result<
     Ok(Placement::Cpu)
 }
 
+/// Refuses a DPU placement the Pod's namespaces cannot follow: a container
+/// that shares a PID namespace (the Pod's `shareProcessNamespace`, or the host's)
+/// would see only half of it. (The Pod IPC namespace every CRI container
+/// joins is replaced by a private one on the DPU, see `convert::into_agent`.)
+pub fn check_spans(id: &str, placement: Placement, shared_pid_ns: bool) -> Result<()> {
+    if placement == Placement::Dpu && shared_pid_ns {
+        return Err(Error::FailedPrecondition(format!(
+            "container {id} is placed on the DPU but shares a PID namespace \
+             (shareProcessNamespace or hostPID), which cannot span the CPU and the DPU; \
+             place it on the CPU with {PLACEMENT_PREFIX}<name>: cpu"
+        )));
+    }
+    Ok(())
+}
+
 /// Matches `text` against `pattern`, where `*` stands for any run of characters.
 fn glob_match(pattern: &str, text: &str) -> bool {
     let mut parts = pattern.split('*');
@@ -262,6 +277,15 @@ mod tests {
             &[("heteropod.io/placement.istio-proxy", "cpu")],
         );
         assert_eq!(decide(&pinned, &config).unwrap(), Placement::Cpu);
+    }
+
+    #[test]
+    fn shared_pid_namespace_on_the_dpu_is_a_clear_error() {
+        let err = check_spans("c1", Placement::Dpu, true).unwrap_err();
+        assert!(matches!(err, Error::FailedPrecondition(_)), "{err}");
+        assert!(err.to_string().contains("PID namespace"), "{err}");
+        assert!(check_spans("c1", Placement::Cpu, true).is_ok());
+        assert!(check_spans("c1", Placement::Dpu, false).is_ok());
     }
 
     #[test]

@@ -109,8 +109,11 @@ impl Shim for Service {
             .ok()
             .and_then(|s| s.trim().parse::<u32>().ok())
             .unwrap_or_default();
-        if let Err(e) = backend::runc::cleanup(&self.id, &bundle, &self.namespace).await {
+        if let Err(e) = backend::cleanup(&self.id, &bundle, &self.namespace).await {
             eprintln!("cleanup of {}: {e}", self.id);
+        }
+        if let Err(e) = crate::pod_network::cleanup(&bundle).await {
+            eprintln!("cleanup of the Pod network of {}: {e}", self.id);
         }
         remove_dead_sockets(&bundle);
         let exit = Exit::now(128 + 9);

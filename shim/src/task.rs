@@ -34,6 +34,8 @@ pub(crate) struct Shared {
     pub(crate) exits: ExitTable<Container>,
     pub(crate) events: Events,
     pub(crate) exit_signal: Arc<ExitSignal>,
+    /// The Pod's network halves, once a container runs on the DPU.
+    pub(crate) pod_network: tokio::sync::Mutex<Option<crate::pod_network::PodNetwork>>,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -152,7 +154,14 @@ impl containerd_shim::Task for TaskService {
 
     async fn resize_pty(&self, _: &TtrpcContext, req: api::ResizePtyRequest) -> TtrpcResult<Empty> {
         let c = self.container(&req.id)?;
-        c.process(&req.exec_id)?.resize(req.width, req.height)?;
+        let p = c.process(&req.exec_id)?;
+        if !c
+            .backend
+            .resize_pty(&req.exec_id, req.width, req.height)
+            .await?
+        {
+            p.resize(req.width, req.height)?;
+        }
         Ok(Empty::new())
     }
 

@@ -17,7 +17,7 @@ use containerd_shim_protos::events::task::{
 };
 
 use crate::{
-    backend::{self, CreateSpec},
+    backend::{self, CreateSpec, ExitFuture},
     bundle::BundleSpec,
     config::Config,
     container::Container,
@@ -42,6 +42,7 @@ impl TaskService {
                 exits: ExitTable::default(),
                 events,
                 exit_signal,
+                pod_network: tokio::sync::Mutex::new(None),
             }),
         }
     }
@@ -98,6 +99,7 @@ impl TaskService {
         let settings = options.resolve(&config);
         let annotations = &spec.annotations;
         let placement = placement::decide(annotations, &config)?;
+        placement::check_spans(&req.id, placement, spec.shared_pid_ns)?;
         let is_sandbox = annotations
             .get(placement::CONTAINER_TYPE)
             .map(String::as_str)
@@ -108,8 +110,10 @@ impl TaskService {
             &req.id,
             &bundle,
             &settings,
+            &config,
             &self.shared.namespace,
-        )?;
+        )
+        .await?;
         settings.save(&bundle)?;
         lock(&self.shared.sandbox).admit(&req.id, is_sandbox, placement)?;
 
@@ -121,11 +125,22 @@ impl TaskService {
                 ..Default::default()
             })
         });
+        let pod_netns = match placement {
+            placement::Placement::Dpu => match self.dpu_half(&spec, &config).await {
+                Ok(n) => n,
+                Err(e) => {
+                    lock(&self.shared.sandbox).remove(&req.id);
+                    return Err(e);
+                }
+            },
+            placement::Placement::Cpu => None,
+        };
         let spawned = match backend
             .create(CreateSpec {
                 rootfs: &req.rootfs,
                 stdio: &stdio,
                 on_oom,
+                pod_netns: pod_netns.as_deref(),
             })
             .await
         {
@@ -136,6 +151,7 @@ impl TaskService {
             }
         };
         let init = Arc::new(Process::new("", stdio.clone(), None));
+        let remote_exit = spawned.exit;
         init.set_created(spawned.pid, spawned.stdin, spawned.console);
         let container = Arc::new(Container::new(
             &req.id,
@@ -147,13 +163,17 @@ impl TaskService {
         ));
         let _order = container.lifecycle.lock().await;
         lock(&self.shared.containers).insert(req.id.clone(), container.clone());
-        let early = self.shared.exits.register(
-            spawned.pid,
-            Watched {
-                owner: container.clone(),
-                process: init,
-            },
-        );
+        let watched = Watched {
+            owner: container.clone(),
+            process: init,
+        };
+        let early = match remote_exit {
+            Some(exit) => {
+                tokio::spawn(finish_remote_exit(self.shared.clone(), watched, exit));
+                None
+            }
+            None => self.shared.exits.register(spawned.pid, watched),
+        };
         self.shared.events.send(TaskCreate {
             container_id: req.id.clone(),
             bundle: req.bundle.clone(),
@@ -184,6 +204,16 @@ impl TaskService {
         })
     }
 
+    /// The DPU half of the Pod network for a container placed on the DPU.
+    async fn dpu_half(&self, spec: &BundleSpec, config: &Config) -> Result<Option<String>> {
+        let sandbox_bundle = spec
+            .annotations
+            .get(placement::SANDBOX_ID)
+            .and_then(|id| self.container(id).ok())
+            .map(|c| c.bundle.clone());
+        crate::pod_network::dpu_half(&self.shared.pod_network, spec, config, sandbox_bundle).await
+    }
+
     pub(crate) async fn do_start(&self, req: api::StartRequest) -> Result<api::StartResponse> {
         let c = self.container(&req.id)?;
         let p = c.process(&req.exec_id)?;
@@ -208,12 +238,19 @@ impl TaskService {
                 .as_ref()
                 .ok_or_else(|| Error::InvalidArgument("exec has no process spec".into()))?;
             let spawned = c.backend.exec(&p.exec_id, spec, &p.stdio).await?;
+            let remote_exit = spawned.exit;
             p.set_created(spawned.pid, spawned.stdin, spawned.console);
             let w = Watched {
                 owner: c.clone(),
                 process: p.clone(),
             };
-            let early = self.shared.exits.register(spawned.pid, w.clone());
+            let early = match remote_exit {
+                Some(exit) => {
+                    tokio::spawn(finish_remote_exit(self.shared.clone(), w.clone(), exit));
+                    None
+                }
+                None => self.shared.exits.register(spawned.pid, w.clone()),
+            };
             p.set_running();
             self.shared.events.send(TaskExecStarted {
                 container_id: req.id.clone(),
@@ -242,6 +279,11 @@ impl TaskService {
                     req.exec_id
                 )));
             }
+            if p.state() != State::Created {
+                if let Err(e) = c.backend.delete_exec(&req.exec_id).await {
+                    tracing::warn!(container = %req.id, exec = %req.exec_id, "delete exec: {e}");
+                }
+            }
             c.remove_exec(&req.exec_id);
             self.shared.exits.forget(p.pid());
             let exit = p.exit().unwrap_or_else(|| Exit::now(0));
@@ -255,6 +297,11 @@ impl TaskService {
             )));
         }
         c.backend.delete().await?;
+        if lock(&self.shared.sandbox).sandbox_id() == Some(req.id.as_str()) {
+            if let Some(net) = self.shared.pod_network.lock().await.take() {
+                net.destroy().await;
+            }
+        }
         if p.exit().is_none() {
             // Created but never started: the forced delete killed it; its exit
             // may still be on the way.
@@ -326,6 +373,13 @@ pub(crate) fn delete_response(pid: u32, exit: Exit) -> api::DeleteResponse {
         exited_at: Some(exit.timestamp()).into(),
         ..Default::default()
     }
+}
+
+/// Waits for the exit of a process the backend reports itself (DPU), then
+/// handles it like a reaped one.
+async fn finish_remote_exit(shared: Arc<Shared>, w: Watched<Container>, exit: ExitFuture) {
+    let exit = exit.await;
+    finish_exit(shared, w, exit).await;
 }
 
 /// Records an exit and publishes it once output has drained.

@@ -366,7 +366,7 @@ async fn bad_input_gets_clear_errors_and_the_shim_survives() {
             .unwrap_err(),
     );
     assert_eq!(code, Code::FAILED_PRECONDITION, "{msg}");
-    assert!(msg.contains("DPU backend not available"), "{msg}");
+    assert!(msg.contains("[dpu] enabled"), "{msg}");
 
     let bad_ann = h.bundle(
         "badann",

@@ -14,6 +14,7 @@ use runc::{
 };
 
 use super::{
+    rootfs,
     runc_io::{attach_stdio, DirectIo},
     spawner::ReaperAwareSpawner,
     Backend, CreateSpec, Spawned,
@@ -51,10 +52,6 @@ impl RuncBackend {
         })
     }
 
-    fn rootfs(&self) -> PathBuf {
-        self.bundle.join("rootfs")
-    }
-
     /// Turns a failed runc call into an error carrying runc's own message.
     fn runtime_error(&self, op: &'static str, e: runc::error::Error) -> Error {
         let logged = last_logged_error(&self.bundle.join(RUNC_LOG));
@@ -85,33 +82,7 @@ impl RuncBackend {
     }
 
     async fn clean_rootfs(&self) -> Result<()> {
-        let rootfs = self.rootfs();
-        tokio::task::spawn_blocking(move || {
-            containerd_shim::mount::umount_recursive(rootfs.to_str(), 0)
-        })
-        .await
-        .map_err(|e| Error::FailedPrecondition(format!("unmount task: {e}")))??;
-        Ok(())
-    }
-
-    async fn mount_rootfs(&self, spec: &CreateSpec<'_>) -> Result<()> {
-        if spec.rootfs.is_empty() {
-            return Ok(());
-        }
-        let rootfs = self.rootfs();
-        containerd_shim::util::mkdir(&rootfs, 0o711).await?;
-        for m in spec.rootfs {
-            if let Err(e) = containerd_shim::util::mount_rootfs(m, &rootfs).await {
-                let _ = self.clean_rootfs().await;
-                return Err(Error::FailedPrecondition(format!(
-                    "mount {} ({}) on {}: {e}",
-                    m.source,
-                    m.type_,
-                    rootfs.display()
-                )));
-            }
-        }
-        Ok(())
+        rootfs::clean(&self.bundle).await
     }
 
     /// Reads a pid file runc wrote.
@@ -179,7 +150,7 @@ impl Backend for RuncBackend {
     }
 
     async fn create(&self, spec: CreateSpec<'_>) -> Result<Spawned> {
-        self.mount_rootfs(&spec).await?;
+        rootfs::mount(&self.bundle, spec.rootfs).await?;
         let pid_file = self.bundle.join(INIT_PID_FILE);
         let mut opts = CreateOpts::new()
             .pid_file(&pid_file)
@@ -214,6 +185,7 @@ impl Backend for RuncBackend {
             pid,
             stdin,
             console,
+            exit: None,
         })
     }
 
@@ -248,6 +220,7 @@ impl Backend for RuncBackend {
             pid,
             stdin,
             console,
+            exit: None,
         })
     }
 

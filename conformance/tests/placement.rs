@@ -1,0 +1,389 @@
+//! Containers placed on the (emulated) DPU through Pod annotations.
+//!
+//! These need the heteropod handler and a running DPU agent: they run only
+//! when `HETEROPOD_DPU` is set (hack/run-conformance.sh sets it for the
+//! heteropod handler when the agent runs) and skip with a message otherwise.
+
+use std::time::Duration;
+
+use anyhow::{ensure, Context};
+use heteropod_conformance::client::grpc_code;
+use heteropod_conformance::stream::Session;
+use heteropod_conformance::{host, logs, net, run, wait};
+
+const LOG_WAIT: Duration = Duration::from_secs(20);
+const PLACEMENT_PREFIX: &str = "heteropod.io/placement.";
+
+/// The DPU's cgroup parent, as hack/dpu.sh names it.
+fn dpu_cgroup_parent() -> String {
+    std::env::var("DPU_CGROUP_PARENT")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "heteropod-dpu".into())
+}
+
+fn dpu_enabled(test: &str) -> bool {
+    let on = std::env::var("HETEROPOD_DPU").is_ok_and(|v| !v.is_empty() && v != "0");
+    if !on {
+        eprintln!("{test}: skipped: HETEROPOD_DPU is not set (no DPU agent for this handler)");
+    }
+    on
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dpu_container_logs_execs_exits_in_the_dpu_cgroup() {
+    if !dpu_enabled("dpu_container_logs_execs_exits_in_the_dpu_cgroup") {
+        return;
+    }
+    run("placement-dpu", async |ctx| {
+        let mut cri = ctx.cri();
+        let name = "offloaded";
+        let pod = ctx
+            .run_pod(
+                ctx.pod()
+                    .annotation(&format!("{PLACEMENT_PREFIX}{name}"), "dpu"),
+            )
+            .await?;
+        let script = "echo hello-from-dpu; echo err-from-dpu >&2; \
+                      while [ ! -e /tmp/go ]; do sleep 0.1; done; exit 7";
+        let c = ctx
+            .run_container(&pod, ctx.container(name).shell(script))
+            .await?;
+
+        let lines =
+            logs::wait_for(&pod.log_path(name), "stdout", "hello-from-dpu", LOG_WAIT).await?;
+        let lines = if logs::stream_text(&lines, "stderr").is_empty() {
+            logs::wait_for(&pod.log_path(name), "stderr", "err-from-dpu", LOG_WAIT).await?
+        } else {
+            lines
+        };
+        ensure!(
+            logs::stream_text(&lines, "stderr") == "err-from-dpu\n",
+            "stderr {lines:?}"
+        );
+
+        let r = cri
+            .exec_sync(&c, &["sh", "-c", "echo exec-out; exit 4"], 30)
+            .await?;
+        ensure!(r.exit_code == 4, "exec exit code {}", r.exit_code);
+        ensure!(r.stdout == b"exec-out\n", "exec stdout {:?}", r.stdout);
+
+        // The processes are in the DPU's cgroup, limited to the DPU's cores.
+        let parent = dpu_cgroup_parent();
+        let own = format!("/{parent}/{c}");
+        let cgroups = cri.exec_ok(&c, &["cat", "/proc/self/cgroup"]).await?;
+        let cpuset_line = cgroups
+            .lines()
+            .find(|l| {
+                l.split(':')
+                    .nth(1)
+                    .is_some_and(|c| c.split(',').any(|c| c == "cpuset"))
+            })
+            .with_context(|| format!("no cpuset line in {cgroups:?}"))?;
+        ensure!(
+            cpuset_line.ends_with(&own),
+            "cpuset cgroup {cpuset_line:?}, want {own}"
+        );
+        let root = std::path::Path::new("/sys/fs/cgroup/cpuset");
+        let read = |p: &std::path::Path| -> anyhow::Result<String> {
+            Ok(heteropod_conformance::harness::read_to_string(p)?
+                .trim()
+                .to_string())
+        };
+        let dpu_cpus = read(&root.join(&parent).join("cpuset.cpus"))?;
+        let ctr_cpus = read(&root.join(&parent).join(&c).join("cpuset.cpus"))?;
+        ensure!(!dpu_cpus.is_empty(), "DPU cgroup has no cpuset");
+        ensure!(
+            ctr_cpus == dpu_cpus,
+            "container cpuset {ctr_cpus:?}, DPU {dpu_cpus:?}"
+        );
+        let procs = read(&root.join(&parent).join(&c).join("cgroup.procs"))?;
+        ensure!(!procs.is_empty(), "no process in the DPU cgroup of {c}");
+
+        cri.exec_ok(&c, &["touch", "/tmp/go"]).await?;
+        let st = wait::exited(&cri, &c).await?;
+        ensure!(st.exit_code == 7, "exit code {}", st.exit_code);
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_pid_namespace_with_an_offloaded_container_is_refused() {
+    if !dpu_enabled("shared_pid_namespace_with_an_offloaded_container_is_refused") {
+        return;
+    }
+    run("placement-shared-pid", async |ctx| {
+        let name = "offloaded";
+        let pod = ctx
+            .run_pod(
+                ctx.pod()
+                    .shared_pid()
+                    .annotation(&format!("{PLACEMENT_PREFIX}{name}"), "dpu"),
+            )
+            .await?;
+        // The shim sees the container at StartContainer (CreateTask).
+        let err = ctx
+            .run_container(&pod, ctx.container(name).shared_pid().command(&["true"]))
+            .await
+            .err()
+            .context("a DPU container sharing the Pod PID namespace started")?;
+        let text = format!("{err:#}");
+        ensure!(text.contains("PID namespace"), "error {text}");
+        ensure!(grpc_code(&err).is_some(), "not a gRPC error: {text}");
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dpu_memory_hog_is_reported_oom_killed() {
+    if !dpu_enabled("dpu_memory_hog_is_reported_oom_killed") {
+        return;
+    }
+    run("placement-dpu-oom", async |ctx| {
+        let cri = ctx.cri();
+        let pod = ctx
+            .run_pod(
+                ctx.pod()
+                    .annotation(&format!("{PLACEMENT_PREFIX}hog"), "dpu"),
+            )
+            .await?;
+        // `tail` keeps the endless "line" of /dev/zero in memory until the limit hits.
+        let c = ctx
+            .run_container(
+                &pod,
+                ctx.container("hog")
+                    .command(&["tail", "/dev/zero"])
+                    .memory_limit(32 << 20),
+            )
+            .await?;
+        let st = wait::exited(&cri, &c).await?;
+        ensure!(
+            st.reason == "OOMKilled",
+            "reason {:?} (exit code {})",
+            st.reason,
+            st.exit_code
+        );
+        ensure!(st.exit_code == 137, "exit code {}", st.exit_code);
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dpu_container_goes_with_a_killed_shim() {
+    if !dpu_enabled("dpu_container_goes_with_a_killed_shim") {
+        return;
+    }
+    run("placement-dpu-shim-killed", async |ctx| {
+        let cri = ctx.cri();
+        let name = "orphan";
+        let pod = ctx
+            .run_pod(
+                ctx.pod()
+                    .annotation(&format!("{PLACEMENT_PREFIX}{name}"), "dpu"),
+            )
+            .await?;
+        let c = ctx
+            .run_container(&pod, ctx.container(name).shell("exec sleep 1000"))
+            .await?;
+        let procs = std::path::Path::new("/sys/fs/cgroup/cpuset")
+            .join(dpu_cgroup_parent())
+            .join(&c)
+            .join("cgroup.procs");
+        ensure!(procs.exists(), "{} missing", procs.display());
+        let shims = host::shims_of(&pod.id);
+        ensure!(!shims.is_empty(), "no shim for Pod {}", pod.id);
+        for s in &shims {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(s.pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            )?;
+        }
+        // containerd runs `shim delete`, which must remove the DPU container too.
+        wait::exited(&cri, &c).await?;
+        wait::until("the DPU container to go", LOG_WAIT, || {
+            let procs = procs.clone();
+            async move { Ok((!procs.exists()).then_some(())) }
+        })
+        .await?;
+        // ... and both relays of the Pod network and their shared region.
+        let region: String = format!("heteropod-{}", &pod.id[..16]);
+        wait::until("the Pod's relays to go", LOG_WAIT, || {
+            let region = region.clone();
+            async move {
+                let left = host::processes(|args| args.iter().any(|a| a.contains(&region)));
+                let shm = std::path::Path::new("/dev/shm").join(&region);
+                Ok((left.is_empty() && !shm.exists()).then_some(()))
+            }
+        })
+        .await?;
+        Ok(())
+    })
+    .await;
+}
+
+/// A Pod whose `name` container runs `sleep` on the DPU; returns its id.
+async fn dpu_sleeper(ctx: &heteropod_conformance::Ctx, name: &str) -> anyhow::Result<String> {
+    let pod = ctx
+        .run_pod(
+            ctx.pod()
+                .annotation(&format!("{PLACEMENT_PREFIX}{name}"), "dpu"),
+        )
+        .await?;
+    ctx.run_container(&pod, ctx.container(name).shell("exec sleep 1000"))
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dpu_exec_stream_forwards_stdin() {
+    if !dpu_enabled("dpu_exec_stream_forwards_stdin") {
+        return;
+    }
+    run("placement-dpu-stdin", async |ctx| {
+        let mut cri = ctx.cri();
+        let c = dpu_sleeper(ctx, "side").await?;
+        let url = cri
+            .exec_url(&c, &["sh", "-c", "read line; echo got:$line"], false, true)
+            .await?;
+        let mut s = Session::connect(&url).await?;
+        s.send_stdin(b"hello-stdin\n").await?;
+        let out = s.finish(LOG_WAIT).await?;
+        ensure!(
+            out.stdout_text() == "got:hello-stdin\n",
+            "stdout {:?}",
+            out.stdout_text()
+        );
+        ensure!(out.exit_code()? == 0, "status {:?}", out.status);
+        Ok(())
+    })
+    .await;
+}
+
+// The agent runs a terminal exec with the pty on stdout but not on stdin
+// (`tty` prints "not a tty"), so this fails in heteropod-dpu-proxy, not in the
+// shim: run with `-- --ignored` once that is fixed.
+#[ignore = "dpu-proxy: terminal exec gets no pty on stdin; see the comment above"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dpu_exec_stream_with_tty_and_resize() {
+    if !dpu_enabled("dpu_exec_stream_with_tty_and_resize") {
+        return;
+    }
+    run("placement-dpu-tty", async |ctx| {
+        let mut cri = ctx.cri();
+        let c = dpu_sleeper(ctx, "side").await?;
+        let url = cri
+            .exec_url(
+                &c,
+                &["sh", "-c", "read go; tty; stty size; exit 4"],
+                true,
+                true,
+            )
+            .await?;
+        let mut s = Session::connect(&url).await?;
+        s.resize(123, 45).await?;
+        s.send_stdin(b"go\n").await?;
+        let out = s.finish(LOG_WAIT).await?;
+        let text = out.stdout_text();
+        ensure!(text.contains("/dev/pts/"), "not a terminal: {text:?}");
+        ensure!(
+            text.contains("45 123"),
+            "terminal size not applied: {text:?}"
+        );
+        ensure!(out.exit_code()? == 4, "status {:?}", out.status);
+        Ok(())
+    })
+    .await;
+}
+
+/// A shell script that serves `body` on `bind` with busybox httpd in the foreground.
+fn httpd(body: &str, bind: &str) -> String {
+    format!("mkdir -p /www && echo {body} > /www/index.html && exec httpd -f -p {bind} -h /www")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dpu_container_runs_in_the_dpu_half_with_the_pod_ip() {
+    if !dpu_enabled("dpu_container_runs_in_the_dpu_half_with_the_pod_ip") {
+        return;
+    }
+    run("placement-dpu-netns", async |ctx| {
+        let mut cri = ctx.cri();
+        let pod = ctx
+            .run_pod(
+                ctx.pod()
+                    .annotation(&format!("{PLACEMENT_PREFIX}side"), "dpu"),
+            )
+            .await?;
+        let app = ctx
+            .run_container(&pod, ctx.container("app").shell("exec sleep 1000"))
+            .await?;
+        let side = ctx
+            .run_container(&pod, ctx.container("side").shell("exec sleep 1000"))
+            .await?;
+        let ip = net::pod_ip(&cri.pod_status(&pod.id).await?)?;
+        let cpu_ns = cri
+            .exec_ok(&app, &["readlink", "/proc/self/ns/net"])
+            .await?;
+        let dpu_ns = cri
+            .exec_ok(&side, &["readlink", "/proc/self/ns/net"])
+            .await?;
+        ensure!(
+            cpu_ns != dpu_ns,
+            "DPU container shares the CPU netns {cpu_ns}"
+        );
+        let addrs = cri.exec_ok(&side, &["ip", "-4", "addr"]).await?;
+        ensure!(
+            addrs.contains(&format!("inet {ip}/")),
+            "Pod IP {ip} not in the DPU half: {addrs}"
+        );
+        ensure!(addrs.contains("inet 127.0.0.1/8"), "no loopback: {addrs}");
+        Ok(())
+    })
+    .await;
+}
+
+// heteropod-dpu-proxy hands the CIDR Pod IP of CreatePodNetwork to
+// `heteronet --pod-ip`, which takes a bare address, so the DPU relay never
+// starts. Passes once the agent strips the prefix length (checked by hand with
+// a wrapper that does): run with `-- --ignored`.
+#[ignore = "dpu-proxy passes a CIDR to heteronet --pod-ip; see the comment above"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cpu_container_reaches_a_dpu_listener_on_localhost() {
+    if !dpu_enabled("cpu_container_reaches_a_dpu_listener_on_localhost") {
+        return;
+    }
+    run("placement-dpu-localhost", async |ctx| {
+        let cri = ctx.cri();
+        let pod = ctx
+            .run_pod(
+                ctx.pod()
+                    .annotation(&format!("{PLACEMENT_PREFIX}web"), "dpu"),
+            )
+            .await?;
+        let app = ctx
+            .run_container(&pod, ctx.container("app").shell("exec sleep 1000"))
+            .await?;
+        ctx.run_container(
+            &pod,
+            ctx.container("web")
+                .shell(&httpd("hello-from-dpu-half", "127.0.0.1:18080")),
+        )
+        .await?;
+        // The relay mirrors the DPU listener into the CPU half shortly after it binds.
+        let body = wait::until("the DPU listener from the CPU half", LOG_WAIT, || {
+            let mut cri = cri.clone();
+            let app = app.clone();
+            async move {
+                let r = cri
+                    .exec_sync(&app, &["wget", "-qO-", "http://127.0.0.1:18080/"], 10)
+                    .await?;
+                Ok((r.exit_code == 0).then(|| String::from_utf8_lossy(&r.stdout).into_owned()))
+            }
+        })
+        .await?;
+        ensure!(body.trim() == "hello-from-dpu-half", "body {body:?}");
+        Ok(())
+    })
+    .await;
+}

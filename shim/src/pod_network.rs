@@ -1,0 +1,284 @@
+//! The split Pod network: the CPU half is the sandbox netns CNI made, the DPU
+//! half a netns the agent makes with the same Pod IP. One `heteronet` relay
+//! per half joins them through a shared region. Set up when the Pod's first
+//! container lands on the DPU (Pods without one pay nothing), torn down with
+//! the sandbox.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio as ProcStdio,
+    time::Duration,
+};
+
+use heteropod_dpu_proxy::{client::CreatePodNetworkRequest, AgentClient, DpuAgent};
+use serde::{Deserialize, Serialize};
+use tokio::process::{Child, Command};
+
+use crate::{
+    bundle::BundleSpec,
+    config::Config,
+    error::{Error, Result},
+    io::remove_quietly,
+    placement,
+};
+
+/// Written in the sandbox bundle while the halves exist, so `shim delete`
+/// can remove them after the shim died.
+const MARKER_FILE: &str = "dpu-pod-network.json";
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct Marker {
+    endpoint: String,
+    pod_id: String,
+    relay_pid: u32,
+    region: String,
+}
+
+/// How long the CPU relay gets to leave on SIGTERM.
+const RELAY_STOP_GRACE: Duration = Duration::from_secs(3);
+
+/// What the DPU half of one Pod network needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodNetworkSpec {
+    pub pod_id: String,
+    /// The sandbox netns (CPU half).
+    pub cpu_netns: String,
+    /// CIDR form, e.g. `10.77.0.5/16`.
+    pub pod_ip: String,
+    pub region: String,
+    pub rendezvous: String,
+}
+
+impl PodNetworkSpec {
+    pub fn new(pod_id: &str, cpu_netns: &str, pod_ip: &str) -> PodNetworkSpec {
+        // Short and unique enough per node; shm names are plain file names.
+        let short: String = pod_id.chars().take(16).collect();
+        PodNetworkSpec {
+            pod_id: pod_id.to_string(),
+            cpu_netns: cpu_netns.to_string(),
+            pod_ip: pod_ip.to_string(),
+            region: format!("shm:/heteropod-{short}"),
+            rendezvous: format!("/dev/shm/heteropod-{short}.sock"),
+        }
+    }
+}
+
+/// One Pod's network halves while the sandbox lives.
+pub struct PodNetwork {
+    pub pod_id: String,
+    /// The DPU half's netns; DPU containers join it.
+    pub dpu_netns: String,
+    relay: Option<Child>,
+    agent: AgentClient,
+    /// Where the marker is (the sandbox bundle), if known.
+    marker: Option<PathBuf>,
+}
+
+/// The DPU half's netns for a container placed on the DPU, creating both
+/// halves with the Pod's first such container. `None` when the container
+/// joins no Pod netns (host network) or is not a CRI container.
+pub async fn dpu_half(
+    slot: &tokio::sync::Mutex<Option<PodNetwork>>,
+    spec: &BundleSpec,
+    config: &Config,
+    sandbox_bundle: Option<PathBuf>,
+) -> Result<Option<String>> {
+    let (Some(cpu_netns), Some(pod_id)) = (
+        spec.netns_path.as_deref(),
+        spec.annotations.get(placement::SANDBOX_ID),
+    ) else {
+        return Ok(None);
+    };
+    let mut slot = slot.lock().await;
+    if let Some(net) = slot.as_ref() {
+        return Ok(Some(net.dpu_netns.clone()));
+    }
+    let ip = pod_ip(cpu_netns).await?;
+    let net_spec = PodNetworkSpec::new(pod_id, cpu_netns, &ip);
+    let mut net = PodNetwork::create(&config.dpu.endpoint, &config.dpu.relay, &net_spec).await?;
+    if let Some(bundle) = sandbox_bundle {
+        let marker = Marker {
+            endpoint: config.dpu.endpoint.clone(),
+            pod_id: pod_id.clone(),
+            relay_pid: net.relay.as_ref().and_then(Child::id).unwrap_or_default(),
+            region: net_spec.region.clone(),
+        };
+        let path = bundle.join(MARKER_FILE);
+        match std::fs::write(&path, serde_json::to_vec(&marker)?) {
+            Ok(()) => net.marker = Some(path),
+            Err(e) => tracing::warn!("write {}: {e}", path.display()),
+        }
+    }
+    let netns = net.dpu_netns.clone();
+    *slot = Some(net);
+    Ok(Some(netns))
+}
+
+/// `shim delete` of a sandbox whose shim died: removes the DPU half and the
+/// orphaned CPU relay recorded in its bundle.
+pub async fn cleanup(bundle: &Path) -> Result<()> {
+    let path = bundle.join(MARKER_FILE);
+    let Ok(text) = std::fs::read(&path) else {
+        return Ok(());
+    };
+    let marker: Marker = serde_json::from_slice(&text)?;
+    if marker.relay_pid != 0 {
+        // Only if the pid still is that relay (pids are reused).
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", marker.relay_pid))
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        if cmdline.contains(&marker.region) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(marker.relay_pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    // A killed relay cannot remove its region and rendezvous socket.
+    if let Some(name) = marker.region.strip_prefix("shm:/") {
+        let file = Path::new("/dev/shm").join(name);
+        remove_quietly(&file);
+        remove_quietly(&file.with_extension("sock"));
+    }
+    let agent = AgentClient::connect(&marker.endpoint).await?;
+    match agent.destroy_pod_network(&marker.pod_id).await {
+        Ok(()) | Err(heteropod_dpu_proxy::Error::NotFound(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    remove_quietly(&path);
+    Ok(())
+}
+
+/// The Pod IP (CIDR) on the first global IPv4 address in `netns`.
+pub async fn pod_ip(netns: &str) -> Result<String> {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={netns}"))
+        .args(["ip", "-o", "-4", "addr", "show", "scope", "global"])
+        .stdin(ProcStdio::null())
+        .output()
+        .await
+        .map_err(Error::io("run nsenter ip addr"))?;
+    if !out.status.success() {
+        return Err(Error::FailedPrecondition(format!(
+            "cannot read the Pod IP in {netns}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    parse_pod_ip(&String::from_utf8_lossy(&out.stdout)).ok_or_else(|| {
+        Error::FailedPrecondition(format!("the Pod netns {netns} has no IPv4 address"))
+    })
+}
+
+/// First `inet A.B.C.D/N` of `ip -o -4 addr` output.
+fn parse_pod_ip(text: &str) -> Option<String> {
+    text.lines().find_map(|l| {
+        let mut words = l.split_whitespace();
+        words.find(|w| *w == "inet")?;
+        words.next().map(str::to_string)
+    })
+}
+
+impl PodNetwork {
+    /// Starts the CPU relay (it creates the region), then asks the agent for
+    /// the DPU half (which starts the DPU relay).
+    pub async fn create(endpoint: &str, relay_bin: &str, spec: &PodNetworkSpec) -> Result<Self> {
+        let agent = AgentClient::connect(endpoint).await.map_err(|e| {
+            Error::FailedPrecondition(format!(
+                "Pod {}: the DPU agent at {endpoint} is unreachable: {e}",
+                spec.pod_id
+            ))
+        })?;
+        let relay = if relay_bin.is_empty() {
+            None
+        } else {
+            let ip = spec.pod_ip.split('/').next().unwrap_or_default();
+            let child = Command::new(relay_bin)
+                .args(["--side", "cpu", "--netns", &spec.cpu_netns])
+                .args(["--region", &spec.region, "--rendezvous", &spec.rendezvous])
+                .args(["--pod-ip", ip])
+                .stdin(ProcStdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(|e| {
+                    Error::FailedPrecondition(format!(
+                        "cannot start the HeteroNet relay {relay_bin:?} ([dpu] relay in the node config): {e}"
+                    ))
+                })?;
+            Some(child)
+        };
+        let req = CreatePodNetworkRequest {
+            pod_id: spec.pod_id.clone(),
+            pod_ip: spec.pod_ip.clone(),
+            region: spec.region.clone(),
+            rendezvous: spec.rendezvous.clone(),
+            ..Default::default()
+        };
+        let mut net = PodNetwork {
+            pod_id: spec.pod_id.clone(),
+            dpu_netns: String::new(),
+            relay,
+            agent,
+            marker: None,
+        };
+        match net.agent.create_pod_network(req).await {
+            Ok(r) => {
+                tracing::info!(pod = %spec.pod_id, netns = %r.netns_path, dpu_relay = r.relay_pid, "Pod network halves up");
+                net.dpu_netns = r.netns_path;
+                Ok(net)
+            }
+            Err(e) => {
+                net.stop_relay().await;
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn stop_relay(&mut self) {
+        let Some(mut child) = self.relay.take() else {
+            return;
+        };
+        if let Some(pid) = child.id() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        if tokio::time::timeout(RELAY_STOP_GRACE, child.wait())
+            .await
+            .is_err()
+        {
+            let _ = child.kill().await;
+        }
+    }
+
+    /// Removes both halves. Errors are logged: the sandbox goes regardless.
+    pub async fn destroy(mut self) {
+        if let Err(e) = self.agent.destroy_pod_network(&self.pod_id).await {
+            tracing::warn!(pod = %self.pod_id, "destroy the DPU half: {e}");
+        }
+        self.stop_relay().await;
+        if let Some(marker) = &self.marker {
+            remove_quietly(marker);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_ip_is_the_first_inet_address() {
+        let text = "2: eth0    inet 10.77.0.5/16 brd 10.77.255.255 scope global eth0\\       valid_lft forever\n\
+                    3: eth1    inet 10.1.0.2/24 scope global eth1\n";
+        assert_eq!(parse_pod_ip(text).as_deref(), Some("10.77.0.5/16"));
+        assert_eq!(parse_pod_ip(""), None);
+    }
+
+    #[test]
+    fn spec_names_are_plain_shm_names() {
+        let sut = PodNetworkSpec::new("0123456789abcdef0123", "/run/netns/x", "10.0.0.1/8");
+        assert_eq!(sut.region, "shm:/heteropod-0123456789abcdef");
+        assert_eq!(sut.rendezvous, "/dev/shm/heteropod-0123456789abcdef.sock");
+    }
+}
