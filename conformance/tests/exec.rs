@@ -247,7 +247,11 @@ async fn attach_without_tty_streams_stdin_stdout_stderr() {
         let mut s = Session::connect(&url).await?;
         s.send_stdin(b"ping-1\n").await?;
         s.read_until("out:ping-1", STREAM_WAIT).await?;
-        s.read_until("err:ping-1", STREAM_WAIT).await?;
+        // containerd hooks up the attach's stdout and stderr one after the other, so
+        // the first line's stderr may go out before it listens; the second may not.
+        s.send_stdin(b"ping-2\n").await?;
+        s.read_until("out:ping-2", STREAM_WAIT).await?;
+        s.read_until("err:ping-2", STREAM_WAIT).await?;
         let out = s.close().await?;
         ensure!(
             !out.stdout_text().contains("err:"),
@@ -266,8 +270,8 @@ async fn attach_without_tty_streams_stdin_stdout_stderr() {
         );
         let url = cri.attach_url(&c, false, true).await?;
         let mut s = Session::connect(&url).await?;
-        s.send_stdin(b"ping-2\n").await?;
-        s.read_until("out:ping-2", STREAM_WAIT).await?;
+        s.send_stdin(b"ping-3\n").await?;
+        s.read_until("out:ping-3", STREAM_WAIT).await?;
         s.close().await?;
         Ok(())
     })

@@ -343,11 +343,6 @@ async fn dpu_container_runs_in_the_dpu_half_with_the_pod_ip() {
     .await;
 }
 
-// heteropod-dpu-proxy hands the CIDR Pod IP of CreatePodNetwork to
-// `heteronet --pod-ip`, which takes a bare address, so the DPU relay never
-// starts. Passes once the agent strips the prefix length (checked by hand with
-// a wrapper that does): run with `-- --ignored`.
-#[ignore = "dpu-proxy passes a CIDR to heteronet --pod-ip; see the comment above"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cpu_container_reaches_a_dpu_listener_on_localhost() {
     if !dpu_enabled("cpu_container_reaches_a_dpu_listener_on_localhost") {

@@ -103,7 +103,7 @@ async fn pod_network_has_pod_ip_and_destroy_leaves_nothing() {
     let args = std::fs::read_to_string(&args_file).unwrap();
     assert_eq!(
         args.trim(),
-        format!("--side dpu --netns {netns} --region /dev/shm/hp-test-region --rendezvous /tmp/hp-test-rendezvous.sock --capture-egress --pod-ip 10.123.0.7/16")
+        format!("--side dpu --netns {netns} --region /dev/shm/hp-test-region --rendezvous /tmp/hp-test-rendezvous.sock --capture-egress --pod-ip 10.123.0.7")
     );
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(first as i32),

@@ -90,6 +90,11 @@ async fn in_netns(reaper: &Reaper, netns: &Path, args: &[&str]) -> Result<()> {
 }
 
 /// Parses "a.b.c.d/len" (IPv4 or IPv6), or a bare address (host prefix).
+/// The address part of a `addr/prefix` Pod IP, as `heteronet --pod-ip` takes it.
+fn relay_pod_ip(cidr: &str) -> &str {
+    cidr.split_once('/').map_or(cidr, |(addr, _)| addr)
+}
+
 pub fn parse_pod_ip(s: &str) -> Result<String> {
     let bad = || Error::InvalidArgument(format!("invalid Pod IP {s:?}, want ADDRESS/PREFIX"));
     let (addr, len) = s.split_once('/').unwrap_or((s, ""));
@@ -256,7 +261,8 @@ impl Networks {
                     &args.rendezvous,
                     "--capture-egress",
                     "--pod-ip",
-                    &args.pod_ip,
+                    // The relay wants the address; the netns device gets the prefix.
+                    relay_pod_ip(&args.pod_ip),
                 ])
                 .stdin(Stdio::null());
             let (child, rx) = reaper
@@ -371,6 +377,13 @@ fn remove_netns(netns: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relay_gets_the_bare_pod_address() {
+        assert_eq!(relay_pod_ip("10.77.0.5/16"), "10.77.0.5");
+        assert_eq!(relay_pod_ip("fd00::5/64"), "fd00::5");
+        assert_eq!(relay_pod_ip("10.77.0.5"), "10.77.0.5");
+    }
 
     #[test]
     fn pod_ips_parse_with_or_without_prefix() {
