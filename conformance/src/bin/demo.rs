@@ -1,6 +1,7 @@
 //! `heteropod-demo`: runs one two-container Pod with runtime handler `heteropod` through
-//! CRI, shows what ran where and that the Pod behaves as one Pod (localhost between the
-//! containers, host to Pod port), then removes it.
+//! CRI, the log agent offloaded to the (emulated) DPU, shows what ran where and that the
+//! Pod behaves as one Pod (localhost across the two halves, host to Pod port), then
+//! removes it.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -31,12 +32,17 @@ async fn run(ctx: &Ctx) -> Result<()> {
         ctx.env.handler
     );
     let pod = ctx
-        .run_pod(ctx.pod().port(APP_PORT, host_port).hostname("demo"))
+        .run_pod(
+            ctx.pod()
+                .port(APP_PORT, host_port)
+                .hostname("demo")
+                .annotation(&format!("heteropod.io/placement.{AGENT}"), "dpu"),
+        )
         .await?;
     let status = ctx.cri().pod_status(&pod.id).await?;
     let pod_ip = net::pod_ip(&status)?;
 
-    println!("==> CreateContainer + StartContainer: {APP} (httpd), {AGENT} (polls the app over localhost)");
+    println!("==> CreateContainer + StartContainer: {APP} (httpd, CPU), {AGENT} (polls the app over localhost, DPU)");
     let app = ctx
         .run_container(
             &pod,
@@ -96,7 +102,7 @@ async fn run(ctx: &Ctx) -> Result<()> {
             "  {:<10} {:<14} {:<6}  {:<10} {:?}",
             name,
             short(id),
-            "cpu",
+            runs_on(id),
             cpuset_of(id).unwrap_or_else(|| "-".into()),
             st.state()
         );
@@ -110,15 +116,25 @@ async fn run(ctx: &Ctx) -> Result<()> {
         "  host -> 127.0.0.1:{host_port} -> {pod_ip}:{APP_PORT}: {:?}",
         from_host.trim()
     );
-    println!(
-        "  (every container runs on the CPU until the DPU backend lands; offload annotations are refused clearly)"
-    );
     println!();
     Ok(())
 }
 
 fn short(id: &str) -> &str {
     &id[..id.len().min(12)]
+}
+
+/// Where a container's processes are, told by its cgroup: the emulated DPU keeps its
+/// containers under the `heteropod-dpu` parent.
+fn runs_on(id: &str) -> &'static str {
+    let on_dpu = host::cgroups_named(id)
+        .iter()
+        .any(|dir| dir.to_string_lossy().contains("heteropod-dpu"));
+    if on_dpu {
+        "dpu"
+    } else {
+        "cpu"
+    }
 }
 
 /// The CPUs a container may run on, read from its cpuset cgroup.
