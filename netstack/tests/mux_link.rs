@@ -7,7 +7,7 @@ use heteronet::error::Error;
 use heteronet::{LinkBuilder, NotifyMode, RegionAddr, Side};
 
 fn shm(tag: &str) -> RegionAddr {
-    format!("shm:/heteronet-test/link-{tag}-{}", std::process::id())
+    format!("shm:/heteronet-test-link-{tag}-{}", std::process::id())
         .parse()
         .unwrap()
 }

@@ -57,7 +57,7 @@ async fn child_echo_process() {
 async fn streams_echo_between_two_processes_over_shm() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("rv.sock");
-    let addr: RegionAddr = format!("shm:/heteronet-test/two-process-{}", std::process::id())
+    let addr: RegionAddr = format!("shm:/heteronet-test-two-process-{}", std::process::id())
         .parse()
         .unwrap();
     let file = addr.file_path().unwrap();

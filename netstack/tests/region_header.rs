@@ -6,7 +6,7 @@ use heteronet::error::{Error, HeaderError};
 use heteronet::shm::{Region, RegionAddr};
 
 fn unique_shm(tag: &str) -> RegionAddr {
-    format!("shm:/heteronet-test/{tag}-{}", std::process::id())
+    format!("shm:/heteronet-test-{tag}-{}", std::process::id())
         .parse()
         .unwrap()
 }
