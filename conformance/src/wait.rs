@@ -62,3 +62,17 @@ pub async fn container_state(
 pub async fn exited(cri: &Cri, id: &str) -> Result<cri::ContainerStatus> {
     container_state(cri, id, cri::ContainerState::ContainerExited, STATE_TIMEOUT).await
 }
+
+/// Waits until container `id` has exited and checks that the kernel's OOM killer
+/// ended it: reason `OOMKilled`, exit code 137 (SIGKILL).
+pub async fn oom_killed(cri: &Cri, id: &str) -> Result<()> {
+    let st = exited(cri, id).await?;
+    anyhow::ensure!(
+        st.reason == "OOMKilled",
+        "reason {:?} (exit code {})",
+        st.reason,
+        st.exit_code
+    );
+    anyhow::ensure!(st.exit_code == 137, "exit code {}", st.exit_code);
+    Ok(())
+}

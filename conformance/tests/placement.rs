@@ -158,15 +158,7 @@ async fn dpu_memory_hog_is_reported_oom_killed() {
                     .memory_limit(32 << 20),
             )
             .await?;
-        let st = wait::exited(&cri, &c).await?;
-        ensure!(
-            st.reason == "OOMKilled",
-            "reason {:?} (exit code {})",
-            st.reason,
-            st.exit_code
-        );
-        ensure!(st.exit_code == 137, "exit code {}", st.exit_code);
-        Ok(())
+        wait::oom_killed(&cri, &c).await
     })
     .await;
 }
