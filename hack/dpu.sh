@@ -15,6 +15,9 @@ DPU_CPUS="${DPU_CPUS:-}"
 DPU_MEMORY="${DPU_MEMORY:-2G}"
 DPU_CGROUP_PARENT="${DPU_CGROUP_PARENT:-heteropod-dpu}"
 DPU_START_TIMEOUT="${DPU_START_TIMEOUT:-20}"
+# Seconds an unreachable agent is waited for before its containers are
+# reported exited.
+DPU_LOST_AFTER="${DPU_LOST_AFTER:-10}"
 
 dpu_socket() {
     printf '%s\n' "${DPU_ENDPOINT#unix://}"
@@ -60,6 +63,8 @@ root = "$HETEROPOD_STATE/runc"
 enabled = true
 endpoint = "$DPU_ENDPOINT"
 relay = "$relay"
+lost_after_secs = $DPU_LOST_AFTER
+orphans_dir = "$HETEROPOD_STATE/dpu-orphans"
 CFG
     else
         cat >"$HETEROPOD_CONFIG" <<CFG

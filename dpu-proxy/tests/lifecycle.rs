@@ -27,6 +27,17 @@ async fn container_streams_output_and_reports_exit() {
     assert!(pid > 0);
     let st = agent.state("c1", "").await.unwrap();
     assert_eq!(st.status.enum_value().unwrap(), Status::CREATED);
+    let listed = agent.list_containers().await.unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(
+        (
+            listed[0].id.as_str(),
+            listed[0].pod_id.as_str(),
+            listed[0].name.as_str(),
+            listed[0].pid
+        ),
+        ("c1", TEST_POD, "c1", pid)
+    );
     // Long polls in flight together on one connection, started before the process.
     let (out, err, exit, started) = tokio::join!(
         output(&agent, "c1", "", Stream::STDOUT),
@@ -65,6 +76,7 @@ async fn container_streams_output_and_reports_exit() {
         assert!(!h.cgroup(c, "c1").exists(), "{c} cgroup left");
     }
     assert!(!pid_alive(pid));
+    assert!(agent.list_containers().await.unwrap().is_empty());
     assert!(matches!(
         agent.state("c1", "").await,
         Err(heteropod_dpu_proxy::Error::NotFound(_))

@@ -24,13 +24,18 @@ fn mounted(path: &str) -> bool {
         .any(|l| l.split(' ').nth(4) == Some(path))
 }
 
-/// A stand-in relay that records its arguments and stays up.
+/// A stand-in relay that records its arguments, then serves fixed counters on
+/// the socket named by its last argument (`--stats-socket PATH`) and stays up.
 fn fake_relay(h: &mut Harness) -> std::path::PathBuf {
     let relay = h.dir.path().join("relay.sh");
     let args_file = h.dir.path().join("relay.args");
+    let stats = h.dir.path().join("relay-stats.json");
+    std::fs::write(&stats, r#"{"connects_ok":3}"#).unwrap();
     let script = format!(
-        "#!/bin/sh\necho \"$@\" > {}\nexec sleep 1000\n",
-        args_file.display()
+        "#!/bin/sh\necho \"$@\" > {}\nfor a; do last=$a; done\n\
+         exec socat UNIX-LISTEN:\"$last\",fork,unlink-early OPEN:{},rdonly\n",
+        args_file.display(),
+        stats.display()
     );
     std::fs::write(&relay, script).unwrap();
     std::fs::set_permissions(&relay, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -103,7 +108,7 @@ async fn pod_network_has_pod_ip_and_destroy_leaves_nothing() {
     let args = std::fs::read_to_string(&args_file).unwrap();
     assert_eq!(
         args.trim(),
-        format!("--side dpu --netns {netns} --region /dev/shm/hp-test-region --rendezvous /tmp/hp-test-rendezvous.sock --capture-egress --pod-ip 10.123.0.7")
+        format!("--side dpu --netns {netns} --region /dev/shm/hp-test-region --rendezvous /tmp/hp-test-rendezvous.sock --capture-egress --pod-ip 10.123.0.7 --stats-socket {}", h.state_dir().join("pods/pod1.stats.sock").display())
     );
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(first as i32),
@@ -125,10 +130,33 @@ async fn pod_network_has_pod_ip_and_destroy_leaves_nothing() {
     assert_ne!(second, first, "relay was not restarted");
     assert!(pid_alive(second));
 
+    // Operators see the Pod, its relay, the restart and the relay's counters.
+    let mut listed = Vec::new();
+    for _ in 0..100 {
+        listed = agent.list_pod_networks().await.unwrap();
+        if listed.len() == 1 && !listed[0].relay_stats_json.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let info = &listed[0];
+    assert_eq!(
+        (info.pod_id.as_str(), info.pod_ip.as_str()),
+        ("pod1", "10.123.0.7/16")
+    );
+    assert_eq!((info.relay_pid, info.relay_restarts), (second, 1));
+    assert_eq!(info.relay_stats_json, r#"{"connects_ok":3}"#);
+
     agent.destroy_pod_network("pod1").await.unwrap();
     assert!(!mounted(&netns), "netns still mounted");
     assert!(!std::path::Path::new(&netns).exists(), "netns file left");
     assert!(!pid_alive(second), "relay left running");
+    assert!(agent.list_pod_networks().await.unwrap().is_empty());
+    assert!(
+        !h.state_dir().join("pods/pod1.stats.sock").exists(),
+        "stats socket left"
+    );
     // Idempotent, and bad input is refused clearly.
     agent.destroy_pod_network("pod1").await.unwrap();
     let bad = CreatePodNetworkRequest {

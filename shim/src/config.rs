@@ -53,6 +53,12 @@ pub struct DpuConfig {
     /// The CPU-side HeteroNet relay binary (`heteronet`); empty: no relay, the
     /// DPU half of a Pod network is then isolated.
     pub relay: String,
+    /// How long an unreachable agent is waited for before its processes are
+    /// reported exited (status 255, the reason in the container's log).
+    pub lost_after_secs: u64,
+    /// Where DPU containers and Pod network halves that could not be removed
+    /// (agent unreachable) are recorded, to be removed once it answers again.
+    pub orphans_dir: String,
 }
 
 impl Default for DpuConfig {
@@ -63,6 +69,8 @@ impl Default for DpuConfig {
             cores: 0,
             memory_mb: 0,
             relay: "heteronet".into(),
+            lost_after_secs: 10,
+            orphans_dir: "/run/heteropod/dpu-orphans".into(),
         }
     }
 }
@@ -116,6 +124,12 @@ impl Config {
         }
         if self.runc.binary.is_empty() {
             return Err(bad("runc.binary must not be empty".into()));
+        }
+        if !self.dpu.orphans_dir.starts_with('/') {
+            return Err(bad(format!(
+                "dpu.orphans_dir {:?} must be absolute",
+                self.dpu.orphans_dir
+            )));
         }
         if !self.runc.root.starts_with('/') {
             return Err(bad(format!(

@@ -18,6 +18,7 @@ pub mod options;
 pub mod placement;
 pub mod pod_network;
 pub mod process;
+pub mod relay;
 pub mod sandbox;
 pub mod service;
 pub mod sys;

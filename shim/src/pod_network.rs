@@ -7,35 +7,34 @@
 use std::{
     path::{Path, PathBuf},
     process::Stdio as ProcStdio,
-    time::Duration,
+    sync::{Arc, Mutex},
 };
 
 use heteropod_dpu_proxy::{client::CreatePodNetworkRequest, AgentClient, DpuAgent};
 use serde::{Deserialize, Serialize};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 use crate::{
+    backend::orphans::{self, Orphan},
     bundle::BundleSpec,
-    config::Config,
+    config::{Config, DpuConfig},
     error::{Error, Result},
     io::remove_quietly,
     placement,
+    relay::{RelayCommand, RelaySupervisor},
 };
 
 /// Written in the sandbox bundle while the halves exist, so `shim delete`
 /// can remove them after the shim died.
 const MARKER_FILE: &str = "dpu-pod-network.json";
 
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 struct Marker {
     endpoint: String,
     pod_id: String,
     relay_pid: u32,
     region: String,
 }
-
-/// How long the CPU relay gets to leave on SIGTERM.
-const RELAY_STOP_GRACE: Duration = Duration::from_secs(3);
 
 /// What the DPU half of one Pod network needs.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,6 +46,8 @@ pub struct PodNetworkSpec {
     pub pod_ip: String,
     pub region: String,
     pub rendezvous: String,
+    /// Where the CPU relay serves its counters (JSON).
+    pub stats_socket: String,
 }
 
 impl PodNetworkSpec {
@@ -59,6 +60,7 @@ impl PodNetworkSpec {
             pod_ip: pod_ip.to_string(),
             region: format!("shm:/heteropod-{short}"),
             rendezvous: format!("/dev/shm/heteropod-{short}.sock"),
+            stats_socket: format!("/dev/shm/heteropod-{short}.stats.sock"),
         }
     }
 }
@@ -68,10 +70,21 @@ pub struct PodNetwork {
     pub pod_id: String,
     /// The DPU half's netns; DPU containers join it.
     pub dpu_netns: String,
-    relay: Option<Child>,
+    relay: Option<RelaySupervisor>,
     agent: AgentClient,
-    /// Where the marker is (the sandbox bundle), if known.
-    marker: Option<PathBuf>,
+    /// The marker and where it is (the sandbox bundle), once written; kept
+    /// up to date with the relay's pid.
+    marker: Arc<Mutex<Option<(PathBuf, Marker)>>>,
+    orphans_dir: PathBuf,
+}
+
+fn write_marker(path: &Path, marker: &Marker) {
+    let written = serde_json::to_vec(marker)
+        .map_err(std::io::Error::other)
+        .and_then(|data| std::fs::write(path, data));
+    if let Err(e) = written {
+        tracing::warn!("write {}: {e}", path.display());
+    }
 }
 
 /// The DPU half's netns for a container placed on the DPU, creating both
@@ -95,19 +108,17 @@ pub async fn dpu_half(
     }
     let ip = pod_ip(cpu_netns).await?;
     let net_spec = PodNetworkSpec::new(pod_id, cpu_netns, &ip);
-    let mut net = PodNetwork::create(&config.dpu.endpoint, &config.dpu.relay, &net_spec).await?;
+    let net = PodNetwork::create(&config.dpu, &net_spec).await?;
     if let Some(bundle) = sandbox_bundle {
         let marker = Marker {
             endpoint: config.dpu.endpoint.clone(),
             pod_id: pod_id.clone(),
-            relay_pid: net.relay.as_ref().and_then(Child::id).unwrap_or_default(),
+            relay_pid: net.relay.as_ref().map_or(0, RelaySupervisor::pid),
             region: net_spec.region.clone(),
         };
         let path = bundle.join(MARKER_FILE);
-        match std::fs::write(&path, serde_json::to_vec(&marker)?) {
-            Ok(()) => net.marker = Some(path),
-            Err(e) => tracing::warn!("write {}: {e}", path.display()),
-        }
+        write_marker(&path, &marker);
+        *net.marker.lock().unwrap_or_else(|e| e.into_inner()) = Some((path, marker));
     }
     let netns = net.dpu_netns.clone();
     *slot = Some(net);
@@ -134,11 +145,12 @@ pub async fn cleanup(bundle: &Path) -> Result<()> {
             );
         }
     }
-    // A killed relay cannot remove its region and rendezvous socket.
+    // A killed relay cannot remove its region and sockets.
     if let Some(name) = marker.region.strip_prefix("shm:/") {
         let file = Path::new("/dev/shm").join(name);
         remove_quietly(&file);
         remove_quietly(&file.with_extension("sock"));
+        remove_quietly(&file.with_extension("stats.sock"));
     }
     let agent = AgentClient::connect(&marker.endpoint).await?;
     match agent.destroy_pod_network(&marker.pod_id).await {
@@ -181,30 +193,45 @@ fn parse_pod_ip(text: &str) -> Option<String> {
 impl PodNetwork {
     /// Starts the CPU relay (it creates the region), then asks the agent for
     /// the DPU half (which starts the DPU relay).
-    pub async fn create(endpoint: &str, relay_bin: &str, spec: &PodNetworkSpec) -> Result<Self> {
+    pub async fn create(dpu: &DpuConfig, spec: &PodNetworkSpec) -> Result<Self> {
+        let (endpoint, relay_bin) = (dpu.endpoint.as_str(), dpu.relay.as_str());
         let agent = AgentClient::connect(endpoint).await.map_err(|e| {
             Error::FailedPrecondition(format!(
                 "Pod {}: the DPU agent at {endpoint} is unreachable: {e}",
                 spec.pod_id
             ))
         })?;
+        let (a, dir) = (agent.clone(), PathBuf::from(&dpu.orphans_dir));
+        tokio::spawn(async move { orphans::remove_leftovers(&dir, &a).await });
+        let marker: Arc<Mutex<Option<(PathBuf, Marker)>>> = Arc::default();
         let relay = if relay_bin.is_empty() {
             None
         } else {
             let ip = spec.pod_ip.split('/').next().unwrap_or_default();
-            let child = Command::new(relay_bin)
-                .args(["--side", "cpu", "--netns", &spec.cpu_netns])
-                .args(["--region", &spec.region, "--rendezvous", &spec.rendezvous])
-                .args(["--pod-ip", ip])
-                .stdin(ProcStdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .map_err(|e| {
-                    Error::FailedPrecondition(format!(
-                        "cannot start the HeteroNet relay {relay_bin:?} ([dpu] relay in the node config): {e}"
-                    ))
-                })?;
-            Some(child)
+            let args = [
+                ("--side", "cpu"),
+                ("--netns", &spec.cpu_netns),
+                ("--region", &spec.region),
+                ("--rendezvous", &spec.rendezvous),
+                ("--pod-ip", ip),
+                ("--stats-socket", &spec.stats_socket),
+            ];
+            let cmd = RelayCommand {
+                bin: relay_bin.to_string(),
+                args: args
+                    .iter()
+                    .flat_map(|(k, v)| [k.to_string(), v.to_string()])
+                    .collect(),
+            };
+            let marker = marker.clone();
+            // A restarted relay has a new pid; `shim delete` must find it.
+            let on_spawn = move |pid| {
+                if let Some((path, m)) = marker.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                    m.relay_pid = pid;
+                    write_marker(path, m);
+                }
+            };
+            Some(RelaySupervisor::start(cmd, on_spawn).await?)
         };
         let req = CreatePodNetworkRequest {
             pod_id: spec.pod_id.clone(),
@@ -218,7 +245,8 @@ impl PodNetwork {
             dpu_netns: String::new(),
             relay,
             agent,
-            marker: None,
+            marker,
+            orphans_dir: PathBuf::from(&dpu.orphans_dir),
         };
         match net.agent.create_pod_network(req).await {
             Ok(r) => {
@@ -234,31 +262,33 @@ impl PodNetwork {
     }
 
     async fn stop_relay(&mut self) {
-        let Some(mut child) = self.relay.take() else {
-            return;
-        };
-        if let Some(pid) = child.id() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
+        if let Some(relay) = self.relay.take() {
+            relay.stop().await;
         }
-        if tokio::time::timeout(RELAY_STOP_GRACE, child.wait())
-            .await
-            .is_err()
-        {
-            let _ = child.kill().await;
-        }
+    }
+
+    /// The CPU relay's pid (0 without one).
+    pub fn relay_pid(&self) -> u32 {
+        self.relay.as_ref().map_or(0, RelaySupervisor::pid)
     }
 
     /// Removes both halves. Errors are logged: the sandbox goes regardless.
     pub async fn destroy(mut self) {
-        if let Err(e) = self.agent.destroy_pod_network(&self.pod_id).await {
-            tracing::warn!(pod = %self.pod_id, "destroy the DPU half: {e}");
+        match self.agent.destroy_pod_network(&self.pod_id).await {
+            Ok(()) => {}
+            Err(heteropod_dpu_proxy::Error::DpuUnreachable { .. }) => orphans::record(
+                &self.orphans_dir,
+                &Orphan {
+                    endpoint: self.agent.address().to_string(),
+                    kind: orphans::Kind::PodNetwork,
+                    id: self.pod_id.clone(),
+                },
+            ),
+            Err(e) => tracing::warn!(pod = %self.pod_id, "destroy the DPU half: {e}"),
         }
         self.stop_relay().await;
-        if let Some(marker) = &self.marker {
-            remove_quietly(marker);
+        if let Some((path, _)) = self.marker.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            remove_quietly(&path);
         }
     }
 }

@@ -144,6 +144,27 @@ impl AgentClient {
         &self.address
     }
 
+    /// Every container the agent knows, for operators (not part of
+    /// [`DpuAgent`]: the shim never needs it).
+    pub async fn list_containers(&self) -> Result<Vec<ContainerInfo>> {
+        let r = self
+            .raw()
+            .list_containers(ctx(LIST_TIMEOUT), &pb::Empty::new())
+            .await
+            .map_err(self.err())?;
+        Ok(r.containers)
+    }
+
+    /// Every Pod network half with its relay's counters.
+    pub async fn list_pod_networks(&self) -> Result<Vec<PodNetworkInfo>> {
+        let r = self
+            .raw()
+            .list_pod_networks(ctx(LIST_TIMEOUT), &pb::Empty::new())
+            .await
+            .map_err(self.err())?;
+        Ok(r.pods)
+    }
+
     /// The current connection (cloned: no lock is held across an RPC).
     fn raw(&self) -> pb::RawAgentClient {
         self.raw.read().unwrap_or_else(|p| p.into_inner()).clone()

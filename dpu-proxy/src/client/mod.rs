@@ -12,9 +12,10 @@ pub use agent::{AgentClient, DpuAgent};
 pub use stdio::{copy_input, copy_output, EventCursor};
 
 pub use crate::proto::{
-    CapacityResponse, CreateContainerRequest, CreatePodNetworkRequest, CreatePodNetworkResponse,
-    DeleteResponse, Event, EventKind, ExecRequest, ProcessInfo, ReadOutputResponse, StateResponse,
-    StatsResponse, Status, Stream, VersionResponse, WaitEventsResponse, WaitResponse,
+    CapacityResponse, ContainerInfo, CreateContainerRequest, CreatePodNetworkRequest,
+    CreatePodNetworkResponse, DeleteResponse, Event, EventKind, ExecRequest, PodNetworkInfo,
+    ProcessInfo, ReadOutputResponse, StateResponse, StatsResponse, Status, Stream, VersionResponse,
+    WaitEventsResponse, WaitResponse,
 };
 
 /// No deadline: the call returns when the agent has something to say.
@@ -22,6 +23,8 @@ pub const NO_TIMEOUT: Duration = Duration::ZERO;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const VERSION_TIMEOUT: Duration = Duration::from_secs(5);
 pub const CAPACITY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Listing Pod networks asks every relay for its counters (1 s each at most).
+pub const LIST_TIMEOUT: Duration = Duration::from_secs(30);
 /// runc create of a big rootfs can take a while on a slow DPU.
 pub const CREATE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);

@@ -8,7 +8,7 @@ use std::{
 use super::{
     cgroup::Reservation,
     process::{Process, Status},
-    state::{self, ContainerRecord},
+    state::{self, ContainerRecord, CriIdentity},
 };
 use crate::error::{Error, Result};
 
@@ -18,6 +18,7 @@ pub struct Container {
     /// The agent's directory for this container (state, adapted bundle, pid files).
     pub dir: PathBuf,
     pub reservation: Reservation,
+    pub cri: CriIdentity,
     pub init: Arc<Process>,
     execs: Mutex<HashMap<String, Arc<Process>>>,
     /// Exec process specs registered by Exec, started by Start.
@@ -33,6 +34,7 @@ impl Container {
         bundle: PathBuf,
         dir: PathBuf,
         reservation: Reservation,
+        cri: CriIdentity,
         init: Arc<Process>,
     ) -> Arc<Self> {
         Arc::new(Container {
@@ -40,6 +42,7 @@ impl Container {
             bundle,
             dir,
             reservation,
+            cri,
             init,
             execs: Mutex::new(HashMap::new()),
             pending_exec_specs: Mutex::new(HashMap::new()),
@@ -105,6 +108,7 @@ impl Container {
                 .oom_kills_seen
                 .lock()
                 .unwrap_or_else(|p| p.into_inner()),
+            cri: self.cri.clone(),
         }
     }
 

@@ -6,7 +6,10 @@ use std::{
     collections::HashMap,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        Arc, Mutex,
+    },
     time::Duration,
 };
 
@@ -26,6 +29,8 @@ pub const POD_DEVICE: &str = "hp-pod0";
 const POD_PEER: &str = "hp-pod0-peer";
 const RELAY_RESTART_DELAY: Duration = Duration::from_millis(500);
 const RELAY_STOP_GRACE: Duration = Duration::from_secs(3);
+/// A relay that does not answer for its counters within this is reported without them.
+const RELAY_STATS_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A Pod network as persisted under `<state>/pods/<pod>.json`, so a
 /// restarted agent takes it over (and replaces its relay).
@@ -55,9 +60,23 @@ impl PodRecord {
 }
 
 struct PodNet {
-    netns: PathBuf,
+    record: PodRecord,
     relay_pid: Arc<Mutex<u32>>,
+    relay_restarts: Arc<AtomicU32>,
     stop: watch::Sender<bool>,
+}
+
+/// What [`Networks::list`] tells about one Pod network.
+#[derive(Debug, Clone)]
+pub struct PodNetInfo {
+    pub pod_id: String,
+    pub pod_ip: String,
+    pub netns: PathBuf,
+    pub region: String,
+    pub relay_pid: u32,
+    pub relay_restarts: u32,
+    /// The relay's counters document, empty when it did not answer.
+    pub relay_stats_json: String,
 }
 
 pub struct Networks {
@@ -145,7 +164,7 @@ impl Networks {
         let mut pods = self.pods.lock().await;
         if let Some(p) = pods.get(pod_id) {
             return Ok((
-                p.netns.clone(),
+                p.record.netns.clone(),
                 *p.relay_pid.lock().unwrap_or_else(|e| e.into_inner()),
             ));
         }
@@ -179,17 +198,20 @@ impl Networks {
     async fn register(&self, pods: &mut HashMap<String, PodNet>, rec: PodRecord) -> Result<u32> {
         let (stop, stop_rx) = watch::channel(false);
         let relay_pid = Arc::new(Mutex::new(0));
+        let relay_restarts = Arc::new(AtomicU32::new(0));
         rec.save(&self.records);
         if let Some(bin) = &self.relay {
-            self.supervise(bin.clone(), rec.clone(), relay_pid.clone(), stop_rx)
+            let slots = (relay_pid.clone(), relay_restarts.clone());
+            self.supervise(bin.clone(), rec.clone(), slots, stop_rx)
                 .await?;
         }
         let pid = *relay_pid.lock().unwrap_or_else(|e| e.into_inner());
         pods.insert(
             rec.pod_id.clone(),
             PodNet {
-                netns: rec.netns,
+                record: rec,
                 relay_pid,
+                relay_restarts,
                 stop,
             },
         );
@@ -245,11 +267,12 @@ impl Networks {
         &self,
         bin: PathBuf,
         mut args: PodRecord,
-        pid_slot: Arc<Mutex<u32>>,
+        (pid_slot, restarts): (Arc<Mutex<u32>>, Arc<AtomicU32>),
         mut stop: watch::Receiver<bool>,
     ) -> Result<()> {
         let reaper = self.reaper.clone();
         let records = self.records.clone();
+        let stats_socket = self.stats_socket(&args.pod_id);
         let mut spawn = move || -> Result<(u32, tokio::sync::oneshot::Receiver<i32>)> {
             let mut cmd = Command::new(&bin);
             cmd.args(["--side", "dpu", "--netns"])
@@ -263,7 +286,9 @@ impl Networks {
                     "--pod-ip",
                     // The relay wants the address; the netns device gets the prefix.
                     relay_pod_ip(&args.pod_ip),
+                    "--stats-socket",
                 ])
+                .arg(&stats_socket)
                 .stdin(Stdio::null());
             let (child, rx) = reaper
                 .spawn(cmd)
@@ -287,6 +312,7 @@ impl Networks {
                         }
                         match spawn() {
                             Ok((pid, rx)) => {
+                                restarts.fetch_add(1, Ordering::Relaxed);
                                 *pid_slot.lock().unwrap_or_else(|e| e.into_inner()) = pid;
                                 exited = rx;
                             }
@@ -311,6 +337,47 @@ impl Networks {
         Ok(())
     }
 
+    /// Where the relay of a Pod serves its counters.
+    fn stats_socket(&self, pod_id: &str) -> PathBuf {
+        self.records.join(format!("{pod_id}.stats.sock"))
+    }
+
+    /// Every Pod network with its relay's counters, sorted by Pod.
+    pub async fn list(&self) -> Vec<PodNetInfo> {
+        let snapshot: Vec<_> = {
+            let pods = self.pods.lock().await;
+            pods.values()
+                .map(|p| {
+                    let pid = *p.relay_pid.lock().unwrap_or_else(|e| e.into_inner());
+                    (
+                        p.record.clone(),
+                        pid,
+                        p.relay_restarts.load(Ordering::Relaxed),
+                    )
+                })
+                .collect()
+        };
+        let mut out = Vec::with_capacity(snapshot.len());
+        for (rec, relay_pid, relay_restarts) in snapshot {
+            let relay_stats_json = if relay_pid == 0 {
+                String::new()
+            } else {
+                read_stats(&self.stats_socket(&rec.pod_id)).await
+            };
+            out.push(PodNetInfo {
+                pod_id: rec.pod_id,
+                pod_ip: rec.pod_ip,
+                netns: rec.netns,
+                region: rec.region,
+                relay_pid,
+                relay_restarts,
+                relay_stats_json,
+            });
+        }
+        out.sort_by(|a, b| a.pod_id.cmp(&b.pod_id));
+        out
+    }
+
     /// Stops the relay and removes the netns; unknown Pods succeed (idempotent).
     pub async fn destroy(&self, pod_id: &str) -> Result<()> {
         validate_id("pod", pod_id)?;
@@ -321,11 +388,33 @@ impl Networks {
             p.stop.closed().await;
         }
         let _ = std::fs::remove_file(self.records.join(format!("{pod_id}.json")));
+        // A killed relay cannot remove its own socket.
+        let _ = std::fs::remove_file(self.stats_socket(pod_id));
         let netns = self.netns_path(pod_id);
         tokio::task::spawn_blocking(move || remove_netns(&netns))
             .await
             .map_err(|e| Error::io("remove netns")(std::io::Error::other(e)))?;
         Ok(())
+    }
+}
+
+/// The JSON a relay writes on its stats socket; empty if it does not answer
+/// in time or sends something that is not a JSON object.
+async fn read_stats(socket: &Path) -> String {
+    use tokio::io::AsyncReadExt;
+    let read = async {
+        let mut s = tokio::net::UnixStream::connect(socket).await?;
+        let mut buf = Vec::new();
+        // Bounded: the relay is not trusted to stop writing.
+        (&mut s).take(1 << 20).read_to_end(&mut buf).await?;
+        Ok::<_, std::io::Error>(buf)
+    };
+    match tokio::time::timeout(RELAY_STATS_TIMEOUT, read).await {
+        Ok(Ok(buf)) => match serde_json::from_slice::<serde_json::Value>(&buf) {
+            Ok(v) if v.is_object() => v.to_string(),
+            _ => String::new(),
+        },
+        _ => String::new(),
     }
 }
 

@@ -33,6 +33,7 @@ impl Runtime {
                 rec.bundle.clone(),
                 self.containers_dir.join(&rec.id),
                 rec.reservation,
+                rec.cri.clone(),
                 init.clone(),
             );
             *c.oom_kills_seen.lock().unwrap_or_else(|e| e.into_inner()) = rec.oom_kills_seen;

@@ -154,6 +154,7 @@ impl Runtime {
             spec,
             reservation,
             terminal: spec_terminal,
+            cri,
         } = super::spec::adapt(&bundle, id, &self.cgroup)?;
         let terminal = terminal || spec_terminal;
         self.check_fits(reservation)?;
@@ -186,7 +187,7 @@ impl Runtime {
         let pid = spawned.pid;
         let init = Process::new("", stdin, terminal);
         init.attach(spawned).await?;
-        let c = Container::new(id, bundle, dir, reservation, init.clone());
+        let c = Container::new(id, bundle, dir, reservation, cri, init.clone());
         c.save();
         self.insert(c.clone());
         self.monitor(c, init, true);

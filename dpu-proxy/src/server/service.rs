@@ -309,4 +309,62 @@ impl Agent for AgentService {
         wrap(self.networks.destroy(&r.pod_id).await)?;
         Ok(pb::Empty::new())
     }
+
+    async fn list_containers(
+        &self,
+        _: &TtrpcContext,
+        _: pb::Empty,
+    ) -> R<pb::ListContainersResponse> {
+        let mut containers: Vec<_> = self
+            .runtime
+            .list()
+            .iter()
+            .map(|c| {
+                let rec = c.init.record();
+                pb::ContainerInfo {
+                    id: c.id.clone(),
+                    pod_id: c.cri.pod_id.clone(),
+                    name: c.cri.name.clone(),
+                    status: EnumOrUnknown::new(status_of(rec.status)),
+                    pid: rec.pid,
+                    exit_status: rec.exit.map_or(0, |e| e.status),
+                    reserved_millicores: c.reservation.millicores,
+                    reserved_memory_bytes: c.reservation.memory_bytes,
+                    ..Default::default()
+                }
+            })
+            .collect();
+        containers.sort_by(|a, b| (&a.pod_id, &a.name, &a.id).cmp(&(&b.pod_id, &b.name, &b.id)));
+        Ok(pb::ListContainersResponse {
+            containers,
+            ..Default::default()
+        })
+    }
+
+    async fn list_pod_networks(
+        &self,
+        _: &TtrpcContext,
+        _: pb::Empty,
+    ) -> R<pb::ListPodNetworksResponse> {
+        let pods = self
+            .networks
+            .list()
+            .await
+            .into_iter()
+            .map(|p| pb::PodNetworkInfo {
+                pod_id: p.pod_id,
+                pod_ip: p.pod_ip,
+                netns_path: p.netns.display().to_string(),
+                region: p.region,
+                relay_pid: p.relay_pid,
+                relay_restarts: p.relay_restarts,
+                relay_stats_json: p.relay_stats_json,
+                ..Default::default()
+            })
+            .collect();
+        Ok(pb::ListPodNetworksResponse {
+            pods,
+            ..Default::default()
+        })
+    }
 }

@@ -5,7 +5,10 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-use super::cgroup::{parse_cpuset, CgroupParent, Reservation};
+use super::{
+    cgroup::{parse_cpuset, CgroupParent, Reservation},
+    state::CriIdentity,
+};
 use crate::error::{Error, Result};
 
 /// A spec ready for runc, what it reserves, and whether it wants a terminal.
@@ -14,6 +17,7 @@ pub struct Adapted {
     pub spec: Value,
     pub reservation: Reservation,
     pub terminal: bool,
+    pub cri: CriIdentity,
 }
 
 /// Reads `<bundle>/config.json`; checks it and returns the spec to run.
@@ -84,11 +88,23 @@ pub fn adapt(bundle: &Path, id: &str, parent: &CgroupParent) -> Result<Adapted> 
         res["cpu"]["cpus"] = json!(parent.cpus);
     }
     let reservation = reservation_of(res);
+    let cri = cri_identity(&spec);
     Ok(Adapted {
         spec,
         reservation,
         terminal,
+        cri,
     })
+}
+
+/// The Pod and container name containerd's CRI plugin put in the annotations.
+fn cri_identity(spec: &Value) -> CriIdentity {
+    let a = &spec["annotations"];
+    let get = |k: &str| a[k].as_str().unwrap_or_default().to_string();
+    CriIdentity {
+        pod_id: get("io.kubernetes.cri.sandbox-id"),
+        name: get("io.kubernetes.cri.container-name"),
+    }
 }
 
 /// Millicores from the CFS quota/period and bytes from the memory limit.
@@ -136,6 +152,7 @@ mod tests {
             spec: sut,
             reservation: r,
             terminal,
+            ..
         } = adapt(b.path(), "c1", &parent()).unwrap();
         assert!(!terminal);
         assert_eq!(sut["linux"]["cgroupsPath"], "/dpu/c1");

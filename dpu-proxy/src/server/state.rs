@@ -9,6 +9,14 @@ use crate::error::{Error, Result};
 
 pub const STATE_FILE: &str = "state.json";
 
+/// Who a container is for Kubernetes, from the CRI annotations of its spec;
+/// empty for clients that are not CRI.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CriIdentity {
+    pub pod_id: String,
+    pub name: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerRecord {
     pub id: String,
@@ -21,6 +29,8 @@ pub struct ContainerRecord {
     /// OOM kills already reported.
     #[serde(default)]
     pub oom_kills_seen: u64,
+    #[serde(default)]
+    pub cri: CriIdentity,
 }
 
 pub fn save(dir: &Path, record: &ContainerRecord) -> Result<()> {
@@ -90,6 +100,10 @@ mod tests {
             init: p(""),
             execs: vec![exited],
             oom_kills_seen: 0,
+            cri: CriIdentity {
+                pod_id: "p1".into(),
+                name: "sidecar".into(),
+            },
         }
     }
 

@@ -23,6 +23,9 @@ const CONTROLLERS: [&str; 9] = [
 ];
 
 /// Skips (with a message) where the real thing cannot run.
+/// The sandbox id every test bundle claims in its CRI annotations.
+pub const TEST_POD: &str = "test-pod";
+
 pub fn can_run() -> bool {
     if !nix::unistd::Uid::effective().is_root() {
         eprintln!("SKIP: these tests drive runc and need root");
@@ -168,6 +171,11 @@ impl Harness {
         spec["process"]["terminal"] = json!(terminal);
         spec["root"] = json!({"path": self.dir.path().join("rootfs"), "readonly": true});
         spec["linux"]["resources"] = resources;
+        // As containerd's CRI plugin names them.
+        spec["annotations"] = json!({
+            "io.kubernetes.cri.sandbox-id": TEST_POD,
+            "io.kubernetes.cri.container-name": id,
+        });
         std::fs::write(&path, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
         bundle
     }

@@ -20,8 +20,12 @@ use heteropod_dpu_proxy::{
 use oci_spec::runtime::{LinuxResources, Process as OciProcess};
 use tokio::task::JoinHandle;
 
-use super::{rootfs, Backend, CreateSpec, ExitFuture, OomCallback, Spawned};
+use super::{
+    orphans::{self, Orphan},
+    rootfs, Backend, CreateSpec, ExitFuture, OomCallback, Spawned,
+};
 use crate::{
+    config::DpuConfig,
     convert::{self, into_agent},
     error::{Error, Result},
     io::{self as stdio_io, Stdio},
@@ -31,8 +35,7 @@ use crate::{
 
 /// How long an exit waits for the process's output to reach the FIFOs.
 const OUTPUT_DRAIN: Duration = Duration::from_secs(10);
-/// How long a lost agent connection is retried before the process is
-/// reported dead (status 255).
+/// How often events are retried while the agent does not answer.
 const RECONNECT_ATTEMPTS: u32 = 30;
 const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
 /// Exit status reported when the agent lost track of a process.
@@ -46,6 +49,9 @@ pub struct DpuBackend {
     bundle: PathBuf,
     agent: AgentClient,
     endpoint: String,
+    /// How long an unreachable agent is ridden out.
+    lost_after: Duration,
+    orphans_dir: PathBuf,
     /// Exec pids (DPU side) to exec ids: the agent addresses execs by id.
     execs: Mutex<HashMap<u32, String>>,
 }
@@ -53,7 +59,8 @@ pub struct DpuBackend {
 impl DpuBackend {
     /// Connects to the agent at `endpoint`. An unreachable DPU is a failed
     /// precondition naming the endpoint: the container never falls back to the CPU.
-    pub async fn connect(id: &str, bundle: &Path, endpoint: &str) -> Result<DpuBackend> {
+    pub async fn connect(id: &str, bundle: &Path, dpu: &DpuConfig) -> Result<DpuBackend> {
+        let endpoint = dpu.endpoint.as_str();
         if endpoint.is_empty() {
             return Err(Error::FailedPrecondition(format!(
                 "container {id} is placed on the DPU but the node config sets no [dpu] endpoint"
@@ -64,11 +71,17 @@ impl DpuBackend {
                 "container {id} is placed on the DPU but the DPU agent at {endpoint} is unreachable: {e}"
             ))
         })?;
+        let orphans_dir = PathBuf::from(&dpu.orphans_dir);
+        // The agent answers again: what earlier shims had to leave there goes now.
+        let (a, dir) = (agent.clone(), orphans_dir.clone());
+        tokio::spawn(async move { orphans::remove_leftovers(&dir, &a).await });
         Ok(DpuBackend {
             id: id.to_string(),
             bundle: bundle.to_path_buf(),
             agent,
             endpoint: endpoint.to_string(),
+            lost_after: Duration::from_secs(dpu.lost_after_secs),
+            orphans_dir,
             execs: Mutex::new(HashMap::new()),
         })
     }
@@ -157,8 +170,22 @@ impl DpuBackend {
             });
         }
         let (agent, id, exec) = (self.agent.clone(), self.id.clone(), exec_id.to_string());
+        let lost_after = self.lost_after;
+        // Where a lost process's reason is written: the log the user reads.
+        let reason_to = if stdio.terminal {
+            stdio.stdout.clone()
+        } else {
+            stdio.stderr.clone()
+        };
         let exit: ExitFuture = Box::pin(async move {
-            let exit = wait_exit(&agent, &id, &exec).await;
+            let (exit, lost) = wait_exit(&agent, &id, &exec, lost_after).await;
+            if let Some(reason) = lost {
+                // Nothing more will come from the agent.
+                oom_watch.iter().for_each(JoinHandle::abort);
+                copies.iter().for_each(JoinHandle::abort);
+                write_reason(&reason_to, &reason).await;
+                return exit;
+            }
             if let Some(watch) = oom_watch {
                 // containerd reports OOMKilled only if TaskOOM precedes TaskExit.
                 let _ = tokio::time::timeout(OUTPUT_DRAIN, watch).await;
@@ -173,32 +200,62 @@ impl DpuBackend {
 }
 
 /// Long-polls the agent for the process's exit, riding out a restart of the
-/// agent; a process the agent cannot account for is reported with status 255.
-async fn wait_exit(agent: &AgentClient, id: &str, exec_id: &str) -> Exit {
-    let mut attempts = 0;
+/// agent that takes less than `lost_after`. A process the agent cannot
+/// account for is reported with status 255 and the reason why.
+async fn wait_exit(
+    agent: &AgentClient,
+    id: &str,
+    exec_id: &str,
+    lost_after: Duration,
+) -> (Exit, Option<String>) {
+    let mut unreachable_since: Option<tokio::time::Instant> = None;
     loop {
         match agent.wait(id, exec_id).await {
             Ok(w) => {
-                if !w.reason.is_empty() {
-                    tracing::warn!(container = %id, exec = %exec_id, "exit: {}", w.reason);
+                let exit = convert::exit_from_agent(w.exit_status, w.exited_at_nanos);
+                if w.reason.is_empty() {
+                    return (exit, None);
                 }
-                return convert::exit_from_agent(w.exit_status, w.exited_at_nanos);
+                tracing::warn!(container = %id, exec = %exec_id, "exit: {}", w.reason);
+                // Lost while the agent was down: the user should see why.
+                let reason = format!("heteropod: the process on the DPU {}", w.reason);
+                return (exit, Some(reason));
             }
-            Err(heteropod_dpu_proxy::Error::DpuUnreachable { .. })
-                if attempts < RECONNECT_ATTEMPTS =>
-            {
-                attempts += 1;
+            Err(e @ heteropod_dpu_proxy::Error::DpuUnreachable { .. }) => {
+                let since = *unreachable_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() >= lost_after {
+                    let reason = format!(
+                        "heteropod: reported exited (status {LOST_STATUS}): {e}, unreachable for {}s",
+                        lost_after.as_secs()
+                    );
+                    tracing::warn!(container = %id, exec = %exec_id, "{reason}");
+                    return (Exit::now(LOST_STATUS), Some(reason));
+                }
                 tokio::time::sleep(RECONNECT_PAUSE).await;
                 if let Err(e) = agent.reconnect().await {
                     tracing::debug!(container = %id, "DPU agent still unreachable: {e}");
                 }
             }
             Err(e) => {
-                tracing::warn!(container = %id, exec = %exec_id, "lost track of the process on the DPU: {e}");
-                return Exit::now(LOST_STATUS);
+                let reason = format!("heteropod: lost track of the process on the DPU: {e}");
+                tracing::warn!(container = %id, exec = %exec_id, "{reason}");
+                return (Exit::now(LOST_STATUS), Some(reason));
             }
         }
     }
+}
+
+/// Appends one line to a process's output FIFO (if it has one).
+async fn write_reason(fifo: &str, reason: &str) {
+    use tokio::io::AsyncWriteExt;
+    let Some(path) = Stdio::path(fifo) else {
+        return;
+    };
+    let Ok(file) = stdio_io::open_fifo_writer(path).await else {
+        return;
+    };
+    let mut file = tokio::fs::File::from_std(file);
+    let _ = file.write_all(format!("{reason}\n").as_bytes()).await;
 }
 
 /// `shim delete` for a container the dead shim ran on the DPU: `Ok(false)`
@@ -207,7 +264,11 @@ pub async fn cleanup(id: &str, bundle: &Path) -> Result<bool> {
     let Ok(endpoint) = std::fs::read_to_string(bundle.join(ENDPOINT_FILE)) else {
         return Ok(false);
     };
-    let backend = match DpuBackend::connect(id, bundle, endpoint.trim()).await {
+    let dpu = DpuConfig {
+        endpoint: endpoint.trim().to_string(),
+        ..DpuConfig::default()
+    };
+    let backend = match DpuBackend::connect(id, bundle, &dpu).await {
         Ok(b) => b,
         Err(e) => {
             let _ = rootfs::clean(bundle).await;
@@ -294,6 +355,16 @@ impl Backend for DpuBackend {
     async fn delete(&self) -> Result<()> {
         match self.agent.delete(&self.id, "").await {
             Ok(_) | Err(heteropod_dpu_proxy::Error::NotFound(_)) => {}
+            // The Pod must stay removable when the DPU is gone; what is left
+            // there goes when the agent answers again.
+            Err(heteropod_dpu_proxy::Error::DpuUnreachable { .. }) => orphans::record(
+                &self.orphans_dir,
+                &Orphan {
+                    endpoint: self.agent.address().to_string(),
+                    kind: orphans::Kind::Container,
+                    id: self.id.clone(),
+                },
+            ),
             Err(e) => return Err(e.into()),
         }
         self.execs().clear();

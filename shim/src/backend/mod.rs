@@ -2,10 +2,11 @@
 //! this trait; a backend is chosen per container at Create from its placement.
 
 pub mod dpu;
+pub mod orphans;
 mod rootfs;
 pub mod runc;
 mod runc_io;
-mod spawner;
+pub(crate) mod spawner;
 
 use std::{fs::File, future::Future, path::Path, pin::Pin, sync::Arc};
 
@@ -94,7 +95,7 @@ pub async fn for_placement(
             "container {id} is placed on the DPU but this node has no DPU ([dpu] enabled = false in the node config)"
         ))),
         Placement::Dpu => Ok(Arc::new(
-            dpu::DpuBackend::connect(id, bundle, &config.dpu.endpoint).await?,
+            dpu::DpuBackend::connect(id, bundle, &config.dpu).await?,
         )),
     }
 }

@@ -60,7 +60,7 @@ impl runc::Spawner for ReaperAwareSpawner {
     }
 }
 
-async fn from_monitor(
+pub(crate) async fn from_monitor(
     sub: &mut containerd_shim::asynchronous::monitor::Subscription,
     pid: u32,
 ) -> ExitStatus {
