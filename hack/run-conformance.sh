@@ -47,33 +47,47 @@ count_results() {
 
 declare -a SUMMARY=() DETAIL=()
 status=0
-for handler in $HANDLERS; do
-    logfile="$LOG_DIR/$handler.log"
-    log "conformance suite, handler $handler (log: $logfile)"
+
+# run_pass NAME HANDLER DPU FAULTS CARGO_TEST_ARGS...: one cargo test run of
+# the suite, logged to $LOG_DIR/NAME.log and summed up under NAME.
+run_pass() {
+    local name=$1 handler=$2 dpu=$3 faults=$4
+    shift 4
+    local logfile="$LOG_DIR/$name.log" start rc secs passed failed
+    log "conformance: $name (handler $handler; log: $logfile)"
     start=$(date +%s)
-    # The DPU placement tests (tests/placement.rs) run for our handler only,
-    # and only while the emulated DPU agent runs; otherwise they skip.
-    dpu=""
-    [[ $handler == heteropod ]] && dpu_running && dpu=1
-    HETEROPOD_DPU="$dpu" DPU_CGROUP_PARENT="$DPU_CGROUP_PARENT" \
+    HETEROPOD_DPU="$dpu" HETEROPOD_FAULTS="$faults" DPU_CGROUP_PARENT="$DPU_CGROUP_PARENT" \
         HETEROPOD_HANDLER="$handler" CONTAINERD_ADDRESS="$CONTAINERD_ADDRESS" \
-        timeout "$SUITE_TIMEOUT" "$CARGO" test --release --no-fail-fast -p heteropod-conformance -- \
-        --test-threads="$TEST_THREADS" "${FILTER[@]}" 2>&1 | tee "$logfile"
+        timeout "$SUITE_TIMEOUT" "$CARGO" test --release --no-fail-fast -p heteropod-conformance \
+        "$@" 2>&1 | tee "$logfile"
     rc=${PIPESTATUS[0]}
     secs=$(($(date +%s) - start))
     read -r passed failed < <(count_results "$logfile")
-    # Pods a failed test could not remove would disturb the next handler's run.
+    # Pods a failed test could not remove would disturb the next run.
     "$CARGO" run --release -q -p heteropod-conformance --bin heteropod-conformance-sweep ||
         warn "sweep failed"
     if ((rc != 0)); then
         status=1
-        [[ $rc -eq 124 ]] && warn "handler $handler: suite timed out after ${SUITE_TIMEOUT}s"
+        [[ $rc -eq 124 ]] && warn "$name: timed out after ${SUITE_TIMEOUT}s"
         ((failed == 0)) && failed=1
-        DETAIL+=("handler $handler: FAILED after ${secs}s (log $logfile)")
+        DETAIL+=("$name: FAILED after ${secs}s (log $logfile)")
     else
-        DETAIL+=("handler $handler: ok in ${secs}s")
+        DETAIL+=("$name: ok in ${secs}s")
     fi
-    SUMMARY+=("$handler: $passed passed, $failed failed")
+    SUMMARY+=("$name: $passed passed, $failed failed")
+}
+
+for handler in $HANDLERS; do
+    # The DPU placement tests (tests/placement.rs) run for our handler only,
+    # and only while the emulated DPU agent runs; otherwise they skip.
+    dpu=""
+    [[ $handler == heteropod ]] && dpu_running && dpu=1
+    run_pass "$handler" "$handler" "$dpu" "" -- --test-threads="$TEST_THREADS" "${FILTER[@]}"
+    # Faults (killing the agent or a relay) disturb every other DPU test:
+    # they run alone, after the suite, one at a time.
+    if [[ -n $dpu && ${#FILTER[@]} -eq 0 ]]; then
+        run_pass "$handler-faults" "$handler" 1 1 --test faults -- --test-threads=1
+    fi
 done
 
 echo

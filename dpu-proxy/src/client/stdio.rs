@@ -5,7 +5,13 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use super::{DpuAgent, Event, Stream, READ_CHUNK, WRITE_CHUNK};
 use crate::error::{Error, Result};
 
+/// While the agent does not answer, output is asked for again this often.
+const UNREACHABLE_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Copies one output stream into `to` until EOF; returns the bytes copied.
+/// An unreachable agent is waited for (it may be restarting: its output
+/// resumes at the same offset), so `to` stays open; the caller decides when
+/// the process is lost and drops this future.
 pub async fn copy_output<A, W>(
     agent: &A,
     id: &str,
@@ -19,9 +25,17 @@ where
 {
     let mut offset = 0u64;
     loop {
-        let r = agent
+        let r = match agent
             .read_output(id, exec_id, stream, offset, READ_CHUNK)
-            .await?;
+            .await
+        {
+            Ok(r) => r,
+            Err(Error::DpuUnreachable { .. }) => {
+                tokio::time::sleep(UNREACHABLE_PAUSE).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         if !r.data.is_empty() {
             to.write_all(&r.data)
                 .await

@@ -180,10 +180,12 @@ impl DpuBackend {
         let exit: ExitFuture = Box::pin(async move {
             let (exit, lost) = wait_exit(&agent, &id, &exec, lost_after).await;
             if let Some(reason) = lost {
+                // Written while the copies still hold the FIFO open: once the
+                // last writer closes, containerd stops reading it.
+                write_reason(&reason_to, &reason).await;
                 // Nothing more will come from the agent.
                 oom_watch.iter().for_each(JoinHandle::abort);
                 copies.iter().for_each(JoinHandle::abort);
-                write_reason(&reason_to, &reason).await;
                 return exit;
             }
             if let Some(watch) = oom_watch {
