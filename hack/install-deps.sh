@@ -10,14 +10,15 @@ set -euo pipefail
 #   socat iperf3 netcat-openbsd curl: relays, benchmarks, probes
 #   umoci skopeo: offline OCI images; build-essential libc6-dev: static pause
 #   pkg-config: crates with system libraries; procps psmisc util-linux: scripts
-# The QEMU-emulated DPU needs more (qemu-system-x86 cpio): pass them in
-# HETEROPOD_EXTRA_PACKAGES, so plain builds do not pull in QEMU.
+#   qemu-system-x86 cpio xz-utils: the DPU in a QEMU guest (hack/qemu/);
+#   its tests are part of `make test`
 PACKAGES=(
     containerd runc containernetworking-plugins
     iptables iproute2 protobuf-compiler
     socat iperf3 netcat-openbsd curl
     umoci skopeo build-essential libc6-dev pkg-config
     procps psmisc util-linux ca-certificates
+    qemu-system-x86 cpio xz-utils
 )
 # Local registry for offline CRI PullImage (hack/registry.sh).
 [[ ${HETEROPOD_REGISTRY:-1} == 0 ]] || PACKAGES+=(docker-registry)

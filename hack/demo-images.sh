@@ -1,0 +1,142 @@
+#!/bin/bash
+# Build the demo's images from the heteropod-demo-images crate and import them into
+# the private containerd (namespace $CONTAINERD_NAMESPACE):
+#   localhost/heteropod/demo-app:1.0       /demo-app       drives requests
+#   localhost/heteropod/demo-proxy:1.0     /demo-proxy     Envoy-like TCP proxy sidecar
+#   localhost/heteropod/demo-upstream:1.0  /demo-upstream  answers the requests
+# Each image is one static binary (no libraries, no registry). Archives are cached under
+# $IMAGE_CACHE by the binary's hash; an image containerd already has is not re-imported.
+# Usage: demo-images.sh [--build-only]
+set -uo pipefail
+# shellcheck source=lib.sh
+source "$(dirname "$0")/lib.sh"
+
+BUILD_ONLY=0
+[[ ${1:-} == --build-only ]] && BUILD_ONLY=1
+
+DEMO_IMAGES=(demo-app demo-proxy demo-upstream)
+DEMO_IMAGE_TAG="${DEMO_IMAGE_TAG:-1.0}"
+DEMO_BIN_DIR="$CARGO_TARGET_ROOT/$HOST_TRIPLE/release"
+OCI_ARCH="$(dpkg --print-architecture)"
+# Fixed timestamps and owners make the archives, and so the digests, reproducible.
+TAR_FLAGS=(--sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 --format=gnu)
+
+sha256() {
+    sha256sum "$1" | cut -d' ' -f1
+}
+
+put_blob() {
+    local layout=$1 file=$2 digest
+    digest="$(sha256 "$file")"
+    mv -f "$file" "$layout/blobs/sha256/$digest"
+    printf '%s\n' "$digest"
+}
+
+# A one-layer OCI archive of $rootfs whose entrypoint is $entrypoint (a JSON array).
+# Same layout as hack/images.sh writes, so `ctr images import` names it $ref.
+write_oci_archive() {
+    local rootfs=$1 out=$2 ref=$3 entrypoint=$4
+    local layout tmp diff_id layer_digest layer_size config_digest config_size
+    local manifest_digest manifest_size
+    layout="$(mktemp -d "$IMAGE_CACHE/demo-layout.XXXXXX")" || return 1
+    mkdir -p "$layout/blobs/sha256"
+    tmp="$layout/tmp"
+    tar "${TAR_FLAGS[@]}" -C "$rootfs" -cf "$tmp" . || return 1
+    diff_id="$(sha256 "$tmp")"
+    gzip -n -6 -c "$tmp" >"$tmp.gz" || return 1
+    rm -f "$tmp"
+    layer_size="$(stat -c %s "$tmp.gz")"
+    layer_digest="$(put_blob "$layout" "$tmp.gz")"
+    cat >"$tmp" <<JSON
+{"created":"1970-01-01T00:00:00Z","architecture":"$OCI_ARCH","os":"linux","config":{"Env":["PATH=/"],"Entrypoint":$entrypoint,"WorkingDir":"/"},"rootfs":{"type":"layers","diff_ids":["sha256:$diff_id"]},"history":[{"created":"1970-01-01T00:00:00Z","created_by":"HeteroPod hack/demo-images.sh"}]}
+JSON
+    config_size="$(stat -c %s "$tmp")"
+    config_digest="$(put_blob "$layout" "$tmp")"
+    cat >"$tmp" <<JSON
+{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:$config_digest","size":$config_size},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:$layer_digest","size":$layer_size}]}
+JSON
+    manifest_size="$(stat -c %s "$tmp")"
+    manifest_digest="$(put_blob "$layout" "$tmp")"
+    printf '{"imageLayoutVersion":"1.0.0"}\n' >"$layout/oci-layout"
+    cat >"$layout/index.json" <<JSON
+{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:$manifest_digest","size":$manifest_size,"platform":{"architecture":"$OCI_ARCH","os":"linux"},"annotations":{"io.containerd.image.name":"$ref","org.opencontainers.image.ref.name":"${ref##*:}"}}]}
+JSON
+    tar "${TAR_FLAGS[@]}" -C "$layout" -cf "$out.tmp" . || return 1
+    mv -f "$out.tmp" "$out"
+    printf 'sha256:%s\n' "$manifest_digest" >"$out.digest"
+    rm -rf "$layout"
+}
+
+build_binaries() {
+    log "building the demo binaries (static, $HOST_TRIPLE)"
+    RUSTFLAGS="-C target-feature=+crt-static" "${CARGO:-cargo}" build --release -q \
+        --target "$HOST_TRIPLE" -p heteropod-demo-images ||
+        die "cargo build of heteropod-demo-images failed"
+}
+
+# Builds $IMAGE_CACHE/<name>.tar unless it was built from the same binary and script.
+build_image() {
+    local name=$1 ref bin out hash rootfs
+    ref="localhost/heteropod/$name:$DEMO_IMAGE_TAG"
+    bin="$DEMO_BIN_DIR/$name"
+    out="$IMAGE_CACHE/$name.tar"
+    [[ -x $bin ]] || die "$bin was not built"
+    # An ELF interpreter means a dynamic binary, which the library-less image cannot run.
+    if readelf -l "$bin" 2>/dev/null | grep -q 'Requesting program interpreter'; then
+        die "$bin is dynamically linked; the image has no libraries"
+    fi
+    hash="$( { sha256sum "$bin" "$0"; printf '%s %s\n' "$ref" "$OCI_ARCH"; } | sha256sum | cut -d' ' -f1)"
+    if [[ -f $out && -f $out.digest && -f $out.inputs && "$(<"$out.inputs")" == "$hash" ]]; then
+        log "$ref archive up to date"
+        return 0
+    fi
+    log "building $ref"
+    rootfs="$(mktemp -d "$IMAGE_CACHE/demo-rootfs.XXXXXX")" || die "mktemp in $IMAGE_CACHE"
+    chmod 755 "$rootfs"
+    install -d -m 1777 "$rootfs/tmp"
+    install -d -m 755 "$rootfs/demo" "$rootfs/dev" "$rootfs/proc" "$rootfs/sys" "$rootfs/etc"
+    install -m 755 "$bin" "$rootfs/$name"
+    strip "$rootfs/$name" 2>/dev/null || true
+    printf 'root:x:0:0:root:/:/%s\n' "$name" >"$rootfs/etc/passwd"
+    printf 'root:x:0:\n' >"$rootfs/etc/group"
+    write_oci_archive "$rootfs" "$out" "$ref" "[\"/$name\"]" || die "cannot write $out"
+    rm -rf "$rootfs"
+    printf '%s\n' "$hash" >"$out.inputs"
+}
+
+# Import unless containerd already has this exact manifest under that name.
+import_image() {
+    local name=$1 ref archive want have
+    ref="localhost/heteropod/$name:$DEMO_IMAGE_TAG"
+    archive="$IMAGE_CACHE/$name.tar"
+    want="$(<"$archive.digest")"
+    have="$(hp_ctr images ls "name==$ref" 2>/dev/null | awk -v r="$ref" '$1 == r { print $3 }')"
+    if [[ $have == "$want" ]]; then
+        log "$ref already imported"
+        return 0
+    fi
+    log "importing $ref"
+    hp_ctr images import --snapshotter "$CONTAINERD_SNAPSHOTTER" "$archive" >/dev/null ||
+        die "ctr images import $archive failed"
+    have="$(hp_ctr images ls "name==$ref" | awk -v r="$ref" '$1 == r { print $3 }')"
+    [[ $have == "$want" ]] || die "import of $archive did not produce $ref ($want), got '${have:-nothing}'"
+}
+
+main() {
+    local name
+    mkdir -p "$IMAGE_CACHE" || die "cannot create $IMAGE_CACHE"
+    # Left by an interrupted run.
+    rm -rf "$IMAGE_CACHE"/demo-layout.* "$IMAGE_CACHE"/demo-rootfs.*
+    cd "$REPO" || die "cannot cd to $REPO"
+    build_binaries
+    for name in "${DEMO_IMAGES[@]}"; do
+        build_image "$name"
+    done
+    ((BUILD_ONLY)) && return 0
+    containerd_healthy || die "private containerd is not running at $CONTAINERD_ADDRESS (run hack/up.sh)"
+    for name in "${DEMO_IMAGES[@]}"; do
+        import_image "$name"
+    done
+}
+
+main
