@@ -1,6 +1,6 @@
 //! The parts of a bundle's `config.json` the shim itself needs.
 //!
-//! Only annotations and namespaces are read (the OCI runtime validates the rest
+//! Only annotations, namespaces and the resolv.conf mount are read (the OCI runtime validates the rest
 //! and reports its own errors); skipping the full spec keeps each Create cheap.
 
 use std::{collections::HashMap, path::Path};
@@ -15,6 +15,16 @@ struct RawSpec {
     annotations: Option<HashMap<String, String>>,
     #[serde(default)]
     linux: Option<RawLinux>,
+    #[serde(default)]
+    mounts: Option<Vec<RawMount>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawMount {
+    #[serde(default)]
+    destination: String,
+    #[serde(default)]
+    source: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -39,6 +49,8 @@ pub struct BundleSpec {
     pub shared_pid_ns: bool,
     /// The network namespace the container joins (the Pod's), if any.
     pub netns_path: Option<String>,
+    /// Host file mounted at /etc/resolv.conf (CRI writes one per Pod).
+    pub resolv_conf: Option<String>,
 }
 
 impl BundleSpec {
@@ -54,10 +66,17 @@ impl BundleSpec {
             .iter()
             .find(|n| n.typ == "network")
             .and_then(|n| n.path.clone());
+        let resolv_conf = raw
+            .mounts
+            .unwrap_or_default()
+            .into_iter()
+            .find(|m| m.destination == "/etc/resolv.conf")
+            .and_then(|m| m.source);
         Ok(BundleSpec {
             annotations: raw.annotations.unwrap_or_default(),
             shared_pid_ns: !own_pid_ns,
             netns_path,
+            resolv_conf,
         })
     }
 
@@ -89,6 +108,18 @@ mod tests {
         assert!(joined.shared_pid_ns);
         let none = BundleSpec::parse(r#"{"ociVersion":"1.0.2"}"#, "t").unwrap();
         assert!(none.shared_pid_ns);
+    }
+
+    #[test]
+    fn resolv_conf_mount_is_found() {
+        let sut = BundleSpec::parse(
+            r#"{"mounts":[{"destination":"/etc/hosts","source":"/h"},
+                {"destination":"/etc/resolv.conf","source":"/var/lib/x/resolv.conf"}]}"#,
+            "t",
+        )
+        .unwrap();
+        assert_eq!(sut.resolv_conf.as_deref(), Some("/var/lib/x/resolv.conf"));
+        assert_eq!(BundleSpec::parse("{}", "t").unwrap().resolv_conf, None);
     }
 
     #[test]

@@ -48,6 +48,8 @@ pub struct PodNetworkSpec {
     pub rendezvous: String,
     /// Where the CPU relay serves its counters (JSON).
     pub stats_socket: String,
+    /// The Pod's DNS servers (`ip:53`): their UDP is relayed from the DPU half.
+    pub udp_forward: Vec<String>,
 }
 
 impl PodNetworkSpec {
@@ -61,6 +63,7 @@ impl PodNetworkSpec {
             region: format!("shm:/heteropod-{short}"),
             rendezvous: format!("/dev/shm/heteropod-{short}.sock"),
             stats_socket: format!("/dev/shm/heteropod-{short}.stats.sock"),
+            udp_forward: Vec::new(),
         }
     }
 }
@@ -107,7 +110,12 @@ pub async fn dpu_half(
         return Ok(Some(net.dpu_netns.clone()));
     }
     let ip = pod_ip(cpu_netns).await?;
-    let net_spec = PodNetworkSpec::new(pod_id, cpu_netns, &ip);
+    let mut net_spec = PodNetworkSpec::new(pod_id, cpu_netns, &ip);
+    if let Some(path) = &spec.resolv_conf {
+        // Unreadable: the DPU half just has no DNS; the Pod still runs.
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        net_spec.udp_forward = dns_servers(&text);
+    }
     let net = PodNetwork::create(&config.dpu, &net_spec).await?;
     if let Some(bundle) = sandbox_bundle {
         let marker = Marker {
@@ -181,6 +189,21 @@ pub async fn pod_ip(netns: &str) -> Result<String> {
     })
 }
 
+/// The `nameserver` addresses of a resolv.conf as `ip:53` (at most three,
+/// as the resolver uses); anything that is not an IP address is skipped.
+fn dns_servers(resolv_conf: &str) -> Vec<String> {
+    resolv_conf
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            (words.next() == Some("nameserver")).then(|| words.next())?
+        })
+        .filter_map(|a| a.parse::<std::net::IpAddr>().ok())
+        .map(|ip| std::net::SocketAddr::new(ip, 53).to_string())
+        .take(3)
+        .collect()
+}
+
 /// First `inet A.B.C.D/N` of `ip -o -4 addr` output.
 fn parse_pod_ip(text: &str) -> Option<String> {
     text.lines().find_map(|l| {
@@ -238,6 +261,7 @@ impl PodNetwork {
             pod_ip: spec.pod_ip.clone(),
             region: spec.region.clone(),
             rendezvous: spec.rendezvous.clone(),
+            udp_forward: spec.udp_forward.clone(),
             ..Default::default()
         };
         let mut net = PodNetwork {
@@ -296,6 +320,14 @@ impl PodNetwork {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dns_servers_come_from_nameserver_lines() {
+        let text = "search svc.local\nnameserver 10.77.0.1\nnameserver fd00::1\n\
+                    nameserver not-an-ip\n# nameserver 1.1.1.1\noptions ndots:5\n";
+        assert_eq!(dns_servers(text), vec!["10.77.0.1:53", "[fd00::1]:53"]);
+        assert!(dns_servers("").is_empty());
+    }
 
     #[test]
     fn pod_ip_is_the_first_inet_address() {

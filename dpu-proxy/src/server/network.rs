@@ -43,6 +43,9 @@ struct PodRecord {
     pod_ip: String,
     relay_pid: u32,
     relay_start_time: u64,
+    /// `ip:port` destinations whose UDP the relay carries (DNS).
+    #[serde(default)]
+    udp_forward: Vec<String>,
 }
 
 impl PodRecord {
@@ -158,9 +161,15 @@ impl Networks {
         pod_ip: &str,
         region: &str,
         rendezvous: &str,
+        udp_forward: &[String],
     ) -> Result<(PathBuf, u32)> {
         validate_id("pod", pod_id)?;
         let ip = parse_pod_ip(pod_ip)?;
+        for dest in udp_forward {
+            dest.parse::<std::net::SocketAddr>().map_err(|_| {
+                Error::InvalidArgument(format!("udp_forward {dest:?} is not an ip:port address"))
+            })?;
+        }
         let mut pods = self.pods.lock().await;
         if let Some(p) = pods.get(pod_id) {
             return Ok((
@@ -181,6 +190,7 @@ impl Networks {
             pod_ip: pod_ip.into(),
             relay_pid: 0,
             relay_start_time: 0,
+            udp_forward: udp_forward.to_vec(),
         };
         let pid = match self.register(&mut pods, rec).await {
             Ok(pid) => pid,
@@ -290,6 +300,9 @@ impl Networks {
                 ])
                 .arg(&stats_socket)
                 .stdin(Stdio::null());
+            for dest in &args.udp_forward {
+                cmd.args(["--udp-forward", dest]);
+            }
             let (child, rx) = reaper
                 .spawn(cmd)
                 .map_err(Error::io(format!("spawn relay {}", bin.display())))?;

@@ -291,7 +291,13 @@ impl Agent for AgentService {
     ) -> R<pb::CreatePodNetworkResponse> {
         let (netns, relay_pid) = wrap(
             self.networks
-                .create(&r.pod_id, &r.pod_ip, &r.region, &r.rendezvous)
+                .create(
+                    &r.pod_id,
+                    &r.pod_ip,
+                    &r.region,
+                    &r.rendezvous,
+                    &r.udp_forward,
+                )
                 .await,
         )?;
         Ok(pb::CreatePodNetworkResponse {
