@@ -1,0 +1,5 @@
+//! Subcommands, one module each.
+
+pub mod metrics;
+pub mod plan;
+pub mod status;
