@@ -16,6 +16,8 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use serde_json::{json, Value};
 
+#[path = "heteronet-bench/cpu.rs"]
+mod cpu;
 #[path = "heteronet-bench/measure.rs"]
 mod measure;
 #[path = "heteronet-bench/topo.rs"]
@@ -50,9 +52,38 @@ struct Args {
     /// Relay modes to measure (elastic, busy-poll).
     #[arg(long, value_delimiter = ',', default_value = "elastic,busy-poll")]
     modes: Vec<String>,
+    /// Request/response round trips of the relay CPU measurement.
+    #[arg(long, default_value_t = 20_000)]
+    cpu_reqs: usize,
+    /// Repetitions of each relay CPU measurement (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    cpu_reps: usize,
+    /// Persistent connections of the relay CPU measurement.
+    #[arg(long, default_value_t = 4)]
+    cpu_conns: usize,
+    /// GiB streamed for the relay CPU-per-GiB measurement.
+    #[arg(long, default_value_t = 1.0)]
+    cpu_gib: f64,
+    /// Only the relay CPU measurements (plus veth throughput as reference).
+    #[arg(long)]
+    cpu_only: bool,
+    /// Skip the socat relay.
+    #[arg(long)]
+    no_socat: bool,
     /// Only loopback, veth and socat (no relay needed).
     #[arg(long)]
     baselines_only: bool,
+}
+
+impl Args {
+    fn cpu(&self) -> cpu::CpuRun {
+        cpu::CpuRun {
+            reqs: self.cpu_reqs,
+            conns: self.cpu_conns,
+            gib: self.cpu_gib,
+            reps: self.cpu_reps,
+        }
+    }
 }
 
 fn main() -> Result<()> {
@@ -67,6 +98,11 @@ fn main() -> Result<()> {
     let mut sleeps_rtt: BTreeMap<&str, f64> = BTreeMap::new();
     let mut sleeps_tput: BTreeMap<&str, f64> = BTreeMap::new();
     let mut scale_sleeps: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
+    // Relay CPU (both relay processes): µs per 100-byte request, s per GiB.
+    let mut cpu_req: BTreeMap<&str, f64> = BTreeMap::new();
+    let mut cpu_gib: BTreeMap<&str, f64> = BTreeMap::new();
+    let mut cpu_req1: BTreeMap<&str, f64> = BTreeMap::new();
+    let mut cpu_slow: BTreeMap<&str, f64> = BTreeMap::new();
 
     let veth = veth_pair("v", 1)?;
     let srv_b = serve(&veth.b.path(), "0.0.0.0:7000".parse()?)?;
@@ -88,12 +124,17 @@ fn main() -> Result<()> {
         ),
     ];
     for (name, p) in &paths {
-        rtt.insert(name, measure_rtt(p, args.rtt_secs)?);
+        if args.cpu_only && *name != "veth" {
+            continue;
+        }
+        if !args.cpu_only {
+            rtt.insert(name, measure_rtt(p, args.rtt_secs)?);
+        }
         tput.insert(name, measure_tput(p, args.tput_secs)?);
     }
 
     // socat: TCP in A -> Unix socket -> TCP to the server on B's loopback.
-    {
+    if !args.no_socat {
         let unix = format!("/tmp/heteronet-bench-socat-{}.sock", std::process::id());
         let _ = std::fs::remove_file(&unix);
         let _srv = serve(&veth.b.path(), "127.0.0.1:7002".parse()?)?;
@@ -123,8 +164,16 @@ fn main() -> Result<()> {
             addr: "127.0.0.1:7003".parse()?,
         };
         wait_ready(&p.client_ns, p.addr)?;
-        rtt.insert("relay_socat", measure_rtt(&p, args.rtt_secs)?);
-        tput.insert("relay_socat", measure_tput(&p, args.tput_secs)?);
+        let pids = [_s1.0.id(), _s2.0.id()];
+        let c = cpu::median_cost(&p, &pids, &args.cpu())?;
+        cpu_req.insert("relay_socat", c.per_req);
+        cpu_req1.insert("relay_socat", c.per_req_1conn);
+        cpu_slow.insert("relay_socat", c.per_req_slow);
+        cpu_gib.insert("relay_socat", c.per_gib);
+        if !args.cpu_only {
+            rtt.insert("relay_socat", measure_rtt(&p, args.rtt_secs)?);
+            tput.insert("relay_socat", measure_tput(&p, args.tput_secs)?);
+        }
         let _ = std::fs::remove_file(&unix);
     }
 
@@ -148,6 +197,15 @@ fn main() -> Result<()> {
         };
         wait_ready(&p.client_ns, p.addr)?;
         let pids = [rp.cpu.0.id(), rp.dpu.0.id()];
+        let c = cpu::median_cost(&p, &pids, &args.cpu())?;
+        cpu_req.insert(name, c.per_req);
+        cpu_req1.insert(name, c.per_req_1conn);
+        cpu_slow.insert(name, c.per_req_slow);
+        cpu_gib.insert(name, c.per_gib);
+        if args.cpu_only {
+            tput.insert(name, c.gbps);
+            continue;
+        }
         let s0 = relay_sleeps(&pids)?;
         let (p50, p99, pings) = measure_rtt_n(&p, args.rtt_secs)?;
         let s1 = relay_sleeps(&pids)?;
@@ -204,12 +262,14 @@ fn main() -> Result<()> {
         }
     }
 
-    match ring_rtt() {
-        Ok(Some(r)) => {
+    let ring = if args.cpu_only { Ok(None) } else { ring_rtt() };
+    match (args.cpu_only, ring) {
+        (true, _) => {}
+        (_, Ok(Some(r))) => {
             rtt.insert("ring", r);
         }
-        Ok(None) => notes.push("ring: no ring round-trip function in this build".into()),
-        Err(e) => notes.push(format!("ring: {e:#}")),
+        (_, Ok(None)) => notes.push("ring: no ring round-trip function in this build".into()),
+        (_, Err(e)) => notes.push(format!("ring: {e:#}")),
     }
 
     print_table(&rtt, &tput, &idle, &scale);
@@ -226,6 +286,15 @@ fn main() -> Result<()> {
             sleeps_tput.get(k).copied().unwrap_or(f64::NAN)
         );
     }
+    for (k, v) in &cpu_req {
+        println!(
+            "relay CPU {k:<16} {v:>6.1} us per 100 B req/resp ({} conns; {:>6.1} with 1; {:>6.1} slow server), {:>5.2} s per GiB (both relays)",
+            args.cpu_conns,
+            cpu_req1.get(k).copied().unwrap_or(f64::NAN),
+            cpu_slow.get(k).copied().unwrap_or(f64::NAN),
+            cpu_gib.get(k).copied().unwrap_or(f64::NAN)
+        );
+    }
     for n in &notes {
         println!("note: {n}");
     }
@@ -237,6 +306,10 @@ fn main() -> Result<()> {
         "relay_sleeps_per_ping": sleeps_rtt,
         "relay_sleeps_per_64k_chunk": sleeps_tput,
         "scale_relay_sleeps_per_ping": scale_sleeps,
+        "cpu_us_per_req": cpu_req,
+        "cpu_us_per_req_1conn": cpu_req1,
+        "cpu_us_per_req_slow_server": cpu_slow,
+        "cpu_s_per_gib": cpu_gib,
     });
     if let Some(dir) = args.out.parent() {
         std::fs::create_dir_all(dir)?;

@@ -17,7 +17,13 @@ use tokio::net::TcpStream;
 
 use crate::mux::DrainError;
 
-const BUF: usize = 64 * 1024;
+/// TCP -> stream buffer: starts small (a request/response connection never
+/// needs more, and 1,000 idle connections stay cheap) and doubles whenever a
+/// read fills it, up to `MAX_BUF`. Bulk transfers then read 256 KiB per
+/// syscall: fewer recv calls and fewer ACKs sent from inside them (the
+/// kernel receive path is most of the relay's CPU per byte).
+const START_BUF: usize = 16 * 1024;
+const MAX_BUF: usize = 256 * 1024;
 
 /// A stream that can be aborted with a reset instead of a clean close.
 pub trait Resettable: AsyncRead + AsyncWrite + Unpin {
@@ -66,13 +72,23 @@ struct Pump {
 impl Pump {
     fn new() -> Self {
         Self {
-            buf: vec![0u8; BUF].into_boxed_slice(),
+            buf: vec![0u8; START_BUF].into_boxed_slice(),
             start: 0,
             end: 0,
             eof: false,
             done: false,
             moved: 0,
         }
+    }
+
+    /// Doubles the buffer, keeping the unsent bytes at its start.
+    fn grow(&mut self) {
+        let mut bigger = vec![0u8; self.buf.len() * 2].into_boxed_slice();
+        let pending = self.end - self.start;
+        bigger[..pending].copy_from_slice(&self.buf[self.start..self.end]);
+        self.buf = bigger;
+        self.start = 0;
+        self.end = pending;
     }
 
     /// Moves bytes from `r` to `w` until both would block or the direction is done.
@@ -108,6 +124,9 @@ impl Pump {
                         } else {
                             self.start = 0;
                             self.end = n;
+                            if n == self.buf.len() && n < MAX_BUF {
+                                self.grow();
+                            }
                         }
                     }
                     Poll::Ready(Err(_)) => return Poll::Ready(Err(r_fail)),
@@ -230,4 +249,23 @@ pub fn reset_tcp(tcp: TcpStream) {
 /// Disables Nagle: the relay forwards what it reads at once.
 pub fn tune(tcp: &TcpStream) -> io::Result<()> {
     tcp.set_nodelay(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn pump_grows_its_buffer_on_bulk_reads_and_keeps_every_byte() {
+        let input: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut reader: &[u8] = &input;
+        let mut out: Vec<u8> = Vec::new();
+        let live = AtomicU64::new(0);
+        let mut sut = Pump::new();
+        let r = poll_fn(|cx| sut.poll(&live, cx, &mut reader, &mut out, true)).await;
+        assert!(r.is_ok());
+        assert_eq!(out, input);
+        assert_eq!(sut.moved, input.len() as u64);
+        assert_eq!(sut.buf.len(), MAX_BUF);
+    }
 }

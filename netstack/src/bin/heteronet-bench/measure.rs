@@ -36,13 +36,24 @@ pub fn handle(mut c: TcpStream) -> std::io::Result<()> {
     c.set_nodelay(true)?;
     let mut mode = [0u8; 1];
     c.read_exact(&mut mode)?;
-    if mode[0] == b'E' {
-        let mut buf = [0u8; MSG];
+    if matches!(mode[0], b'E' | b'R' | b'D') {
+        // 'E': 64-byte pings; 'R': 100-byte requests (the CPU measurement);
+        // 'D': like 'R' from a slow upstream that answers after a pause.
+        let pause = (mode[0] == b'D').then_some(super::cpu::SLOW_SERVER);
+        let mut buf = [0u8; super::cpu::REQ];
+        let buf = if mode[0] == b'E' {
+            &mut buf[..MSG]
+        } else {
+            &mut buf[..]
+        };
         loop {
-            if c.read_exact(&mut buf).is_err() {
+            if c.read_exact(buf).is_err() {
                 return Ok(());
             }
-            c.write_all(&buf)?;
+            if let Some(p) = pause {
+                thread::sleep(p);
+            }
+            c.write_all(buf)?;
         }
     }
     let mut buf = vec![0u8; CHUNK];
