@@ -253,10 +253,6 @@ async fn dpu_exec_stream_forwards_stdin() {
     .await;
 }
 
-// The agent runs a terminal exec with the pty on stdout but not on stdin
-// (`tty` prints "not a tty"), so this fails in heteropod-dpu-proxy, not in the
-// shim: run with `-- --ignored` once that is fixed.
-#[ignore = "dpu-proxy: terminal exec gets no pty on stdin; see the comment above"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dpu_exec_stream_with_tty_and_resize() {
     if !dpu_enabled("dpu_exec_stream_with_tty_and_resize") {
@@ -304,7 +300,9 @@ async fn dpu_container_runs_in_the_dpu_half_with_the_pod_ip() {
         let pod = ctx
             .run_pod(
                 ctx.pod()
-                    .annotation(&format!("{PLACEMENT_PREFIX}side"), "dpu"),
+                    .annotation(&format!("{PLACEMENT_PREFIX}side"), "dpu")
+                    // Stays on the CPU under a force-offload node too.
+                    .annotation(&format!("{PLACEMENT_PREFIX}app"), "cpu"),
             )
             .await?;
         let app = ctx

@@ -12,7 +12,10 @@ use async_trait::async_trait;
 use nix::{fcntl::OFlag, sys::signal::Signal, unistd::Pid};
 use serde::Deserialize;
 
-use super::reaper::Reaper;
+use super::{
+    console::{self, ConsoleSocket},
+    reaper::Reaper,
+};
 use crate::error::{Error, Result};
 
 /// How a new process's stdio is set up.
@@ -20,7 +23,8 @@ use crate::error::{Error, Result};
 pub enum IoPlan {
     /// stdout and stderr pipes, and a stdin pipe if asked for.
     Pipes { stdin: bool },
-    /// One pseudo-terminal on all three (stderr is merged into stdout).
+    /// One pseudo-terminal on all three (stderr is merged into stdout),
+    /// made by runc in the container (the spec must say `terminal: true`).
     Terminal,
 }
 
@@ -30,7 +34,8 @@ pub struct ChildIo {
     pub stdin: Option<OwnedFd>,
     pub stdout: OwnedFd,
     pub stderr: Option<OwnedFd>,
-    /// The terminal's slave device, for resizing.
+    /// The terminal's slave device as the agent reaches it (through the
+    /// process's root), for resizing.
     pub console: Option<PathBuf>,
 }
 
@@ -98,26 +103,6 @@ fn nonblocking(fd: OwnedFd) -> Result<OwnedFd> {
     Ok(fd)
 }
 
-/// A pseudo-terminal made by the agent: runc gets the slave on stdio (the
-/// adapted spec says `terminal: false`), the agent keeps the master.
-/// Returns (master, slave path, slave).
-fn open_terminal() -> Result<(OwnedFd, PathBuf, std::fs::File)> {
-    use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
-    use std::os::unix::fs::OpenOptionsExt;
-    let err = |e: nix::Error| Error::io("open a pseudo-terminal")(std::io::Error::from(e));
-    let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC).map_err(err)?;
-    grantpt(&master).map_err(err)?;
-    unlockpt(&master).map_err(err)?;
-    let path = PathBuf::from(ptsname_r(&master).map_err(err)?);
-    let slave = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(OFlag::O_NOCTTY.bits())
-        .open(&path)
-        .map_err(Error::io(format!("open {}", path.display())))?;
-    Ok((OwnedFd::from(master), path, slave))
-}
-
 impl RuncExecutor {
     pub fn new(runc: PathBuf, root: PathBuf, reaper: Arc<Reaper>) -> Self {
         RuncExecutor { runc, root, reaper }
@@ -151,11 +136,13 @@ impl RuncExecutor {
         Ok(out.stdout)
     }
 
-    /// Runs a runc command whose container process inherits fresh stdio.
+    /// Runs a runc command whose container process gets fresh stdio: pipes,
+    /// or the terminal runc makes in the container and sends over a console
+    /// socket. `args` end with the container id.
     async fn run_with_io(
         &self,
         verb: &str,
-        args: Vec<OsString>,
+        mut args: Vec<OsString>,
         work: &Path,
         plan: IoPlan,
     ) -> Result<Spawned> {
@@ -163,8 +150,7 @@ impl RuncExecutor {
         let _ = std::fs::remove_file(&log);
         let mut cmd = self.command();
         cmd.arg("--log").arg(&log).arg("--log-format").arg("json");
-        cmd.args(&args);
-        let io = match plan {
+        let pending = match plan {
             IoPlan::Pipes { stdin } => {
                 let (in_r, in_w) = if stdin {
                     let (r, w) = pipe()?;
@@ -177,36 +163,38 @@ impl RuncExecutor {
                 cmd.stdin(in_r.map(Stdio::from).unwrap_or_else(Stdio::null))
                     .stdout(Stdio::from(out_w))
                     .stderr(Stdio::from(err_w));
-                ChildIo {
+                Pending::Pipes(ChildIo {
                     stdin: in_w,
                     stdout: nonblocking(out_r)?,
                     stderr: Some(nonblocking(err_r)?),
                     console: None,
-                }
+                })
             }
             IoPlan::Terminal => {
-                let (master, path, slave) = open_terminal()?;
-                let clone = |f: &std::fs::File| f.try_clone().map_err(Error::io("dup terminal"));
-                cmd.stdin(Stdio::from(clone(&slave)?))
-                    .stdout(Stdio::from(clone(&slave)?))
-                    .stderr(Stdio::from(slave));
-                let master = nonblocking(master)?;
-                let writer = nix::unistd::dup(&master)
-                    .map_err(|e| Error::io("dup terminal")(std::io::Error::from(e)))?;
-                ChildIo {
-                    stdin: Some(writer),
-                    stdout: master,
-                    stderr: None,
-                    console: Some(path),
-                }
+                let socket = ConsoleSocket::bind(work)?;
+                // A flag of the verb: it goes before the trailing id.
+                let at = args.len().saturating_sub(1);
+                args.insert(at, socket.path().into());
+                args.insert(at, "--console-socket".into());
+                cmd.stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null());
+                Pending::Terminal(socket)
             }
         };
+        cmd.args(&args);
         // The child-side ends close when `cmd` drops right after spawn.
-        let (_child, rx) = self
+        let (_child, mut rx) = self
             .reaper
             .spawn(cmd)
             .map_err(Error::io(format!("spawn {}", self.runc.display())))?;
-        let status = rx.await.unwrap_or(255);
+        let (status, ready) = match pending {
+            Pending::Pipes(io) => (rx.await.unwrap_or(255), Ok(Ready::Io(io))),
+            Pending::Terminal(socket) => {
+                let (status, master) = socket.receive_from_runc(&mut rx, verb).await;
+                (status, master.map(Ready::Master))
+            }
+        };
         let pid_file = work.join(format!("{verb}.pid"));
         if status != 0 {
             return Err(Error::Runc {
@@ -224,8 +212,38 @@ impl RuncExecutor {
                 status: "bad pid file".into(),
                 stderr: e.to_string(),
             })?;
+        let io = match ready? {
+            Ready::Io(io) => io,
+            Ready::Master(master) => terminal_io(master, pid)?,
+        };
         Ok(Spawned { pid, io })
     }
+}
+
+/// Stdio set up before runc runs.
+enum Pending {
+    Pipes(ChildIo),
+    Terminal(ConsoleSocket),
+}
+
+/// Stdio once runc has run: a terminal still needs the process's pid.
+enum Ready {
+    Io(ChildIo),
+    Master(OwnedFd),
+}
+
+/// The agent's ends of a terminal: the master for output and input; the
+/// slave's path through the process's root, for resizing.
+fn terminal_io(master: OwnedFd, pid: u32) -> Result<ChildIo> {
+    let name = console::slave_name(&master)?;
+    let master = nonblocking(master)?;
+    let writer = master.try_clone().map_err(Error::io("dup terminal"))?;
+    Ok(ChildIo {
+        stdin: Some(writer),
+        stdout: master,
+        stderr: None,
+        console: Some(console::slave_path(pid, &name)),
+    })
 }
 
 /// The last error runc logged (its JSON log has one object per line).

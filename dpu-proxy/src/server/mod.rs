@@ -2,6 +2,7 @@
 //! the ttrpc listeners.
 mod cgroup;
 mod cleanup;
+mod console;
 mod container;
 mod events;
 mod executor;

@@ -47,7 +47,8 @@ pub struct Process {
     pub stdout: Arc<Output>,
     pub stderr: Arc<Output>,
     pub stdin: Input,
-    /// Terminal slave device, for ResizePty.
+    /// Terminal slave device (through the process's root), for ResizePty;
+    /// not persisted: the master dies with the agent, so does resizing.
     console: Mutex<Option<std::path::PathBuf>>,
 }
 

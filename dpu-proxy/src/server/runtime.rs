@@ -151,12 +151,17 @@ impl Runtime {
             return Err(Error::AlreadyExists(format!("container {id}")));
         }
         let super::spec::Adapted {
-            spec,
+            mut spec,
             reservation,
             terminal: spec_terminal,
             cri,
         } = super::spec::adapt(&bundle, id, &self.cgroup)?;
         let terminal = terminal || spec_terminal;
+        // runc makes the terminal in the container and sends it over the
+        // console socket, which it accepts only with `terminal: true`.
+        if let Some(p) = spec.get_mut("process").and_then(|p| p.as_object_mut()) {
+            p.insert("terminal".into(), serde_json::json!(terminal));
+        }
         self.check_fits(reservation)?;
         let dir = self.containers_dir.join(id);
         let own_bundle = dir.join("bundle");
@@ -313,9 +318,9 @@ impl Runtime {
                 "exec process spec has no args".into(),
             ));
         }
-        // The agent makes the terminal; runc must not make another.
+        // runc makes the terminal (see `create`); spec and request agree.
         let terminal = terminal || process["terminal"].as_bool() == Some(true);
-        process["terminal"] = serde_json::json!(false);
+        process["terminal"] = serde_json::json!(terminal);
         let file = c.dir.join(format!("exec-{exec_id}.json"));
         c.add_exec(Process::new(exec_id, stdin, terminal))?;
         if let Err(e) = std::fs::write(&file, process.to_string()) {

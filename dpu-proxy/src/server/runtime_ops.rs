@@ -95,6 +95,13 @@ impl Runtime {
         let console = p.console().ok_or_else(|| {
             Error::FailedPrecondition(format!("{} has no terminal", name(id, exec_id)))
         })?;
+        // The path goes through the process's pid, which may be reused.
+        if p.exit().is_some() {
+            return Err(Error::FailedPrecondition(format!(
+                "{} has exited",
+                name(id, exec_id)
+            )));
+        }
         self.exec.resize(&console, width, height).await
     }
 }

@@ -21,7 +21,8 @@ pub struct Adapted {
 }
 
 /// Reads `<bundle>/config.json`; checks it and returns the spec to run.
-/// A terminal is made by the agent, so runc sees `terminal: false`.
+/// A terminal is made by runc in the container (`terminal` stays as asked;
+/// the caller may turn it on) and sent to the agent over a console socket.
 pub fn adapt(bundle: &Path, id: &str, parent: &CgroupParent) -> Result<Adapted> {
     let invalid =
         |why: String| Error::InvalidArgument(format!("bundle {}: {why}", bundle.display()));
@@ -48,9 +49,6 @@ pub fn adapt(bundle: &Path, id: &str, parent: &CgroupParent) -> Result<Adapted> 
     }
     spec["root"]["path"] = json!(root);
     let terminal = spec["process"]["terminal"].as_bool() == Some(true);
-    if terminal {
-        spec["process"]["terminal"] = json!(false);
-    }
     if !spec["linux"].is_object() {
         spec["linux"] = json!({});
     }
@@ -197,6 +195,15 @@ mod tests {
         let sut = adapt(b.path(), "c", &parent()).unwrap().spec;
         assert_eq!(sut["linux"]["cgroupsPath"], "/dpu/c");
         assert_eq!(sut["linux"]["resources"]["cpu"]["cpus"], "1");
+    }
+
+    #[test]
+    fn terminal_is_kept_for_runc_to_make() {
+        let b = bundle(json!({"root": {"path": "rootfs"},
+            "process": {"args": ["sh"], "terminal": true}}));
+        let sut = adapt(b.path(), "c", &parent()).unwrap();
+        assert!(sut.terminal);
+        assert_eq!(sut.spec["process"]["terminal"], true);
     }
 
     #[test]
