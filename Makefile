@@ -6,6 +6,8 @@ CARGO        ?= cargo
 export HETEROPOD_STATE ?= /run/heteropod
 export HETEROPOD_ROOT  ?= /var/lib/heteropod
 export CONTAINERD_ADDRESS ?= $(HETEROPOD_STATE)/containerd.sock
+# Where `make up`/`make demo` put the DPU: emulated (an agent on this host) or qemu (a guest).
+export DPU ?= emulated
 HOST_TRIPLE  := $(shell rustc -vV 2>/dev/null | sed -n 's/^host: //p')
 
 .PHONY: all deps build demo test test-unit test-conformance up down bench-shim bench-net lint critest clean

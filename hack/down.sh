@@ -9,6 +9,8 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 # shellcheck source=dpu.sh
 source "$(dirname "$0")/dpu.sh"
+# shellcheck source=dpu-qemu.sh
+source "$(dirname "$0")/dpu-qemu.sh"
 
 need_root
 
@@ -84,6 +86,7 @@ anything_running() {
     [[ -n "$(our_containerd_pids)" ]] && return 0
     [[ -n "$(our_registry_pids)" ]] && return 0
     dpu_pid >/dev/null && return 0
+    [[ -e $QEMU_STATE ]] && return 0
     compgen -G "/sys/fs/cgroup/*/$DPU_CGROUP_PARENT" >/dev/null && return 0
     [[ -n "$(pids_with_arg " -address $CONTAINERD_ADDRESS ")" ]] && return 0
     [[ -n "$(our_mounts)" ]] && return 0
@@ -325,7 +328,8 @@ remove_bundle_leftovers() {
     done
     # The per-namespace parents too, once empty (runc recreates them on demand).
     for ns in "$tasks"/*; do
-        [[ -d $ns ]] && rmdir /sys/fs/cgroup/*/"${ns##*/}" 2>/dev/null
+        # Busy when another instance's containers share the namespace parent.
+        [[ -d $ns ]] && { rmdir /sys/fs/cgroup/*/"${ns##*/}" 2>/dev/null || true; }
     done
     return 0
 }
@@ -368,6 +372,7 @@ main() {
     stop_shims
     # The agent's containers go with it (before the state dir holding its runc root).
     stop_dpu
+    stop_qemu_dpu
     kill_runc_containers
     remove_bundle_leftovers
     unmount_all

@@ -6,6 +6,8 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 # shellcheck source=dpu.sh
 source "$(dirname "$0")/dpu.sh"
+# shellcheck source=dpu-qemu.sh
+source "$(dirname "$0")/dpu-qemu.sh"
 
 need_root
 
@@ -18,7 +20,7 @@ print_usage_hint() {
     CRI runtime handlers: runc (default), heteropod
     images: $PAUSE_IMAGE (sandbox), $BUSYBOX_IMAGE
     $registry
-    DPU:     $( dpu_running && echo "emulated, $DPU_ENDPOINT (log: $DPU_LOG)" || echo "off")
+    DPU:     $(node_dpu_summary)
     ctr:     ctr -a $CONTAINERD_ADDRESS -n $CONTAINERD_NAMESPACE containers ls
     crictl (if installed): crictl --runtime-endpoint unix://$CONTAINERD_ADDRESS ps -a
     config:  $CONTAINERD_CONFIG   log: $CONTAINERD_LOG
@@ -88,10 +90,10 @@ start_containerd() {
 }
 
 main() {
+    check_dpu_kind
     if containerd_healthy; then
         "$REPO/hack/containerd-config.sh"
-        start_dpu
-        write_dpu_node_config
+        start_node_dpu
         install_node_config
         if containerd_pid >/dev/null; then
             log "private containerd already running and healthy"
@@ -108,10 +110,11 @@ main() {
             "$REPO/hack/down.sh"
         fi
         "$REPO/hack/containerd-config.sh"
-        start_dpu
-        write_dpu_node_config
-        install_node_config
+        # After containerd: its start may drop stale metadata dirs the QEMU
+        # guest shares. The shim reads the node config only when a Pod starts.
         start_containerd
+        start_node_dpu
+        install_node_config
     fi
     "$REPO/hack/images.sh"
     "$REPO/hack/registry.sh"
