@@ -18,6 +18,8 @@ DPU_START_TIMEOUT="${DPU_START_TIMEOUT:-20}"
 # Seconds an unreachable agent is waited for before its containers are
 # reported exited.
 DPU_LOST_AFTER="${DPU_LOST_AFTER:-10}"
+# Where containers go that no annotation places: cpu, dpu (force-offload) or auto.
+DPU_PLACEMENT_DEFAULT="${DPU_PLACEMENT_DEFAULT:-cpu}"
 
 dpu_socket() {
     printf '%s\n' "${DPU_ENDPOINT#unix://}"
@@ -65,6 +67,9 @@ endpoint = "$DPU_ENDPOINT"
 relay = "$relay"
 lost_after_secs = $DPU_LOST_AFTER
 orphans_dir = "$HETEROPOD_STATE/dpu-orphans"
+
+[placement]
+default = "$DPU_PLACEMENT_DEFAULT"
 CFG
     else
         cat >"$HETEROPOD_CONFIG" <<CFG

@@ -57,6 +57,7 @@ run_pass() {
     log "conformance: $name (handler $handler; log: $logfile)"
     start=$(date +%s)
     HETEROPOD_DPU="$dpu" HETEROPOD_FAULTS="$faults" DPU_CGROUP_PARENT="$DPU_CGROUP_PARENT" \
+        HETEROPOD_FORCE_OFFLOAD="${HETEROPOD_FORCE_OFFLOAD:-}" \
         HETEROPOD_HANDLER="$handler" CONTAINERD_ADDRESS="$CONTAINERD_ADDRESS" \
         timeout "$SUITE_TIMEOUT" "$CARGO" test --release --no-fail-fast -p heteropod-conformance \
         "$@" 2>&1 | tee "$logfile"
@@ -83,6 +84,15 @@ for handler in $HANDLERS; do
     dpu=""
     [[ $handler == heteropod ]] && dpu_running && dpu=1
     run_pass "$handler" "$handler" "$dpu" "" -- --test-threads="$TEST_THREADS" "${FILTER[@]}"
+    # Force-offload: the whole suite again with every container but the
+    # sandbox on the DPU; specs that need a PID namespace across the PUs must
+    # fail with the documented error (HETEROPOD_FORCE_OFFLOAD tells them).
+    if [[ -n $dpu ]]; then
+        DPU_PLACEMENT_DEFAULT=dpu write_dpu_node_config
+        HETEROPOD_FORCE_OFFLOAD=1 run_pass "$handler-force-offload" "$handler" "$dpu" "" \
+            -- --test-threads="$TEST_THREADS" "${FILTER[@]}"
+        write_dpu_node_config
+    fi
     # Faults (killing the agent or a relay) disturb every other DPU test:
     # they run alone, after the suite, one at a time.
     if [[ -n $dpu && ${#FILTER[@]} -eq 0 ]]; then

@@ -63,6 +63,19 @@ async fn pod_interface_carries_the_reported_ip() {
     .await;
 }
 
+/// One port-forward of `GET /` to `port`: the announced port and the reply.
+async fn forward_once(cri: &mut Cri, pod_id: &str, port: u16) -> Result<(Option<u16>, String)> {
+    let url = cri.port_forward_url(pod_id, &[port]).await?;
+    let mut pf = PortForward::connect(&url, port).await?;
+    pf.send(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await?;
+    pf.read_until("forwarded", Duration::from_secs(5)).await?;
+    let announced = pf.announced_port();
+    let data = String::from_utf8_lossy(pf.data()).into_owned();
+    pf.close().await?;
+    Ok((announced, data))
+}
+
 async fn wget_eventually(cri: &Cri, id: &str, url: &str) -> Result<String> {
     wait::until(&format!("wget {url} in {id}"), SERVE_WAIT, || {
         let mut cri = cri.clone();
@@ -123,7 +136,7 @@ async fn pods_reach_each_other_by_pod_ip() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn port_forward_reaches_a_pod_port() {
     run("net-port-forward", async |ctx| {
-        let mut cri = ctx.cri();
+        let cri = ctx.cri();
         let pod = ctx.run_pod(ctx.pod()).await?;
         // Loopback only: port-forward enters the Pod's network namespace.
         ctx.run_container(
@@ -136,22 +149,27 @@ async fn port_forward_reaches_a_pod_port() {
             .run_container(&pod, ctx.container("probe").command(&["sleep", "3600"]))
             .await?;
         wget_eventually(&cri, &client, "http://127.0.0.1:8083/").await?;
-        let url = cri.port_forward_url(&pod.id, &[8083]).await?;
-        let mut pf = PortForward::connect(&url, 8083).await?;
-        pf.send(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
-            .await?;
-        pf.read_until("forwarded", SERVE_WAIT).await?;
-        ensure!(
-            pf.announced_port() == Some(8083),
-            "announced port {:?}",
-            pf.announced_port()
-        );
-        let data = String::from_utf8_lossy(pf.data()).into_owned();
+        // Retried: a listener in a split Pod's DPU half reaches the CPU half
+        // (where port-forward connects) within the relay's poll interval.
+        let (announced, data) = wait::until("a port-forwarded answer", SERVE_WAIT, || {
+            let mut cri = cri.clone();
+            let pod_id = pod.id.clone();
+            async move {
+                match forward_once(&mut cri, &pod_id, 8083).await {
+                    Ok(r) => Ok(Some(r)),
+                    Err(e) => {
+                        eprintln!("port-forward not answered yet: {e:#}");
+                        Ok(None)
+                    }
+                }
+            }
+        })
+        .await?;
+        ensure!(announced == Some(8083), "announced port {announced:?}");
         ensure!(
             data.starts_with("HTTP/1.") && data.contains(" 200 "),
             "response {data:?}"
         );
-        pf.close().await?;
         Ok(())
     })
     .await;

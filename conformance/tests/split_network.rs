@@ -87,7 +87,8 @@ async fn dpu_sidecar_connections_leave_with_the_pod_ip() {
         let pod = ctx
             .run_pod(
                 ctx.pod()
-                    .annotation(&format!("{PLACEMENT_PREFIX}side"), "dpu"),
+                    .annotation(&format!("{PLACEMENT_PREFIX}side"), "dpu")
+                    .annotation(&format!("{PLACEMENT_PREFIX}app"), "cpu"),
             )
             .await?;
         let app = ctx
@@ -146,7 +147,10 @@ async fn dns_works_from_the_dpu_half() {
         // The resolver must exist before the Pod (its resolv.conf names it):
         // the gateway is learnt from a first Pod on the same bridge.
         let mut cri = ctx.cri();
-        let probe = ctx.pod_with_sleeper(ctx.pod(), "probe").await?;
+        let on_cpu = ctx
+            .pod()
+            .annotation(&format!("{PLACEMENT_PREFIX}probe"), "cpu");
+        let probe = ctx.pod_with_sleeper(on_cpu, "probe").await?;
         let gw = gateway(&mut cri, &probe.1).await?;
         let resolver = UdpSocket::bind((gw, 53))
             .await

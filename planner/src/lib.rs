@@ -5,22 +5,26 @@
 //! `manifest` reads Kubernetes YAML, `annotations` turns it into a `Problem`,
 //! and `plan` solves it exactly (branch and bound, `exact`) or fast (`heuristic`).
 
+#[cfg(feature = "manifests")]
 pub mod annotations;
 pub mod error;
 mod exact;
 mod heuristic;
 mod instance;
+#[cfg(feature = "manifests")]
 pub mod manifest;
 pub mod model;
 pub mod plan;
 pub mod quantity;
 mod traffic_bound;
 
+#[cfg(feature = "manifests")]
 pub use annotations::{build_problem, RolePolicy};
 pub use error::{Error, Result};
 pub use instance::Score;
+#[cfg(feature = "manifests")]
 pub use manifest::{parse_manifests, Manifests, PodManifest};
 pub use model::{Container, Dpu, Edge, Problem, Request, Resources, Role, Unit};
 pub use plan::{plan, Comparison, Decision, Limit, Options, Plan, Reason, Solver};
-#[cfg(test)]
+#[cfg(all(test, feature = "manifests"))]
 mod solver_tests;

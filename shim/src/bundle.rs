@@ -31,6 +31,69 @@ struct RawMount {
 struct RawLinux {
     #[serde(default)]
     namespaces: Option<Vec<RawNamespace>>,
+    #[serde(default)]
+    resources: Option<RawResources>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawResources {
+    #[serde(default)]
+    cpu: Option<RawCpu>,
+    #[serde(default)]
+    memory: Option<RawMemory>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawCpu {
+    shares: Option<u64>,
+    quota: Option<i64>,
+    period: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawMemory {
+    limit: Option<i64>,
+}
+
+/// What a container asks of a processing unit, from its spec's resources.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Demand {
+    /// The CPU request, from `cpu.shares` (kubelet: millicores * 1024 / 1000).
+    pub request_millis: u64,
+    /// The CPU limit, from the CFS quota and period (what the DPU reserves).
+    pub limit_millis: u64,
+    /// The memory limit in bytes (0: none).
+    pub memory_bytes: u64,
+}
+
+impl RawResources {
+    fn demand(&self) -> Demand {
+        let cpu = self.cpu.as_ref();
+        // Shares of 2 are kubelet's "no request".
+        let request_millis = cpu
+            .and_then(|c| c.shares)
+            .filter(|s| *s > 2)
+            .map_or(0, |s| s.saturating_mul(1000) / 1024);
+        let limit_millis = cpu
+            .and_then(|c| {
+                Some((
+                    c.quota.filter(|q| *q > 0)? as u64,
+                    c.period.unwrap_or(100_000),
+                ))
+            })
+            .map_or(0, |(q, p)| q.saturating_mul(1000) / p.max(1));
+        let memory_bytes = self
+            .memory
+            .as_ref()
+            .and_then(|m| m.limit)
+            .filter(|l| *l > 0)
+            .map_or(0, |l| l as u64);
+        Demand {
+            request_millis,
+            limit_millis,
+            memory_bytes,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -51,6 +114,7 @@ pub struct BundleSpec {
     pub netns_path: Option<String>,
     /// Host file mounted at /etc/resolv.conf (CRI writes one per Pod).
     pub resolv_conf: Option<String>,
+    pub demand: Demand,
 }
 
 impl BundleSpec {
@@ -58,6 +122,12 @@ impl BundleSpec {
         let raw: RawSpec = serde_json::from_str(text).map_err(|e| {
             Error::InvalidArgument(format!("bundle {origin}: malformed OCI spec: {e}"))
         })?;
+        let demand = raw
+            .linux
+            .as_ref()
+            .and_then(|l| l.resources.as_ref())
+            .map(RawResources::demand)
+            .unwrap_or_default();
         let namespaces = raw.linux.and_then(|l| l.namespaces).unwrap_or_default();
         let own_pid_ns = namespaces
             .iter()
@@ -77,6 +147,7 @@ impl BundleSpec {
             shared_pid_ns: !own_pid_ns,
             netns_path,
             resolv_conf,
+            demand,
         })
     }
 
@@ -108,6 +179,30 @@ mod tests {
         assert!(joined.shared_pid_ns);
         let none = BundleSpec::parse(r#"{"ociVersion":"1.0.2"}"#, "t").unwrap();
         assert!(none.shared_pid_ns);
+    }
+
+    #[test]
+    fn demand_comes_from_shares_quota_and_memory_limit() {
+        let sut = BundleSpec::parse(
+            r#"{"linux":{"resources":{"cpu":{"shares":256,"quota":50000,"period":100000},
+                "memory":{"limit":134217728}}}}"#,
+            "t",
+        )
+        .unwrap();
+        assert_eq!(
+            sut.demand,
+            Demand {
+                request_millis: 250,
+                limit_millis: 500,
+                memory_bytes: 128 << 20
+            }
+        );
+        let none = BundleSpec::parse(
+            r#"{"linux":{"resources":{"cpu":{"shares":2,"quota":-1}}}}"#,
+            "t",
+        )
+        .unwrap();
+        assert_eq!(none.demand, Demand::default());
     }
 
     #[test]

@@ -82,6 +82,32 @@ pub struct PlacementPolicy {
     pub infra_names: Vec<String>,
     /// Image-reference patterns (`*` wildcard) of known infrastructure containers.
     pub infra_images: Vec<String>,
+    /// Where containers go that neither annotations nor the patterns place.
+    pub default: PlacementDefault,
+    /// A container the node policy sends to a DPU without room for it.
+    pub when_dpu_full: WhenDpuFull,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PlacementDefault {
+    /// Only what annotations or the patterns name goes to the DPU.
+    #[default]
+    Cpu,
+    /// Every container but the sandbox (a force-offload node).
+    Dpu,
+    /// Infrastructure containers go when the planner finds room.
+    Auto,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum WhenDpuFull {
+    /// Run it on the CPU instead (logged).
+    #[default]
+    Cpu,
+    /// Fail its CreateContainer with a clear error (a strict node).
+    Error,
 }
 
 impl Config {

@@ -9,6 +9,7 @@ pub mod cgroup_v1;
 pub mod config;
 pub mod container;
 pub mod convert;
+pub mod dpu_fit;
 pub mod error;
 pub mod events;
 pub mod exits;

@@ -1,14 +1,20 @@
-//! Where a container runs: a pure function of its annotations and the node policy.
+//! Where a container wants to run: a pure function of its annotations and the
+//! node policy. Soft wishes (node policy, `auto`) are settled against the DPU's
+//! free capacity by `dpu_fit`.
 
 use std::collections::HashMap;
 
 use crate::{
-    config::Config,
+    config::{Config, PlacementDefault},
     error::{Error, Result},
 };
 
 pub const OFFLOAD_ANNOTATION: &str = "heteropod.io/offload";
 pub const PLACEMENT_PREFIX: &str = "heteropod.io/placement.";
+/// Pod-wide placement mode (`auto`); per-container annotations win.
+pub const POD_PLACEMENT: &str = "heteropod.io/placement";
+/// `infrastructure` or `application`: overrides the node policy's patterns.
+pub const ROLE_PREFIX: &str = "heteropod.io/role.";
 pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
 pub const CONTAINER_NAME: &str = "io.kubernetes.cri.container-name";
 pub const IMAGE_NAME: &str = "io.kubernetes.cri.image-name";
@@ -31,11 +37,37 @@ impl std::fmt::Display for Placement {
     }
 }
 
+/// What an annotation or the node policy asks for one container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Intent {
+    Cpu,
+    /// `strict`: asked for by the Pod, so a full DPU is an error; otherwise
+    /// (node policy) the node config's `when_dpu_full` decides.
+    Dpu {
+        strict: bool,
+    },
+    /// The planner decides against the DPU's free capacity; only candidates
+    /// (infrastructure, or named `auto` explicitly) may go.
+    Auto {
+        candidate: bool,
+    },
+}
+
+/// What a per-container placement annotation says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Explicit {
+    Cpu,
+    Dpu,
+    Auto,
+}
+
 /// The Pod-level placement requests, parsed and validated.
 #[derive(Debug, Default, PartialEq)]
 pub struct PlacementRequests {
     offload: Vec<String>,
-    explicit: HashMap<String, Placement>,
+    explicit: HashMap<String, Explicit>,
+    pod_auto: bool,
+    roles: HashMap<String, bool>,
 }
 
 impl PlacementRequests {
@@ -53,27 +85,59 @@ impl PlacementRequests {
             };
             check_name(name, key)?;
             let placement = match value.trim() {
-                "cpu" => Placement::Cpu,
-                "dpu" => Placement::Dpu,
+                "cpu" => Explicit::Cpu,
+                "dpu" => Explicit::Dpu,
+                "auto" => Explicit::Auto,
                 other => {
                     return Err(Error::InvalidArgument(format!(
-                        "annotation {key}: {other:?} is not \"cpu\" or \"dpu\""
+                        "annotation {key}: {other:?} is not \"cpu\", \"dpu\" or \"auto\""
                     )))
                 }
             };
             requests.explicit.insert(name.to_string(), placement);
         }
+        if let Some(mode) = annotations.get(POD_PLACEMENT) {
+            requests.pod_auto = match mode.trim() {
+                "auto" => true,
+                "" | "none" => false,
+                other => {
+                    return Err(Error::InvalidArgument(format!(
+                        "annotation {POD_PLACEMENT}: {other:?} is not \"auto\" (per container: {PLACEMENT_PREFIX}<name>)"
+                    )))
+                }
+            };
+        }
+        for (key, value) in annotations {
+            let Some(name) = key.strip_prefix(ROLE_PREFIX) else {
+                continue;
+            };
+            check_name(name, key)?;
+            let infra = match value.trim() {
+                "infrastructure" | "infra" => true,
+                "application" | "app" => false,
+                other => {
+                    return Err(Error::InvalidArgument(format!(
+                        "annotation {key}: {other:?} is not \"infrastructure\" or \"application\""
+                    )))
+                }
+            };
+            requests.roles.insert(name.to_string(), infra);
+        }
         Ok(requests)
     }
 
-    /// The annotation's answer for container `name`, if it gives one.
-    fn requested(&self, name: &str) -> Option<Placement> {
-        self.explicit.get(name).copied().or_else(|| {
-            self.offload
+    /// The annotations' answer for container `name`, if they give one.
+    fn requested(&self, name: &str) -> Option<Intent> {
+        match self.explicit.get(name) {
+            Some(Explicit::Cpu) => Some(Intent::Cpu),
+            Some(Explicit::Dpu) => Some(Intent::Dpu { strict: true }),
+            Some(Explicit::Auto) => Some(Intent::Auto { candidate: true }),
+            None => self
+                .offload
                 .iter()
                 .any(|n| n == name)
-                .then_some(Placement::Dpu)
-        })
+                .then_some(Intent::Dpu { strict: true }),
+        }
     }
 }
 
@@ -100,31 +164,37 @@ fn check_name(name: &str, key: &str) -> Result<()> {
 /// The sandbox (pause) container always runs on the CPU: its netns is the CPU half
 /// of the Pod network. Malformed placement annotations are rejected even there, so
 /// a bad Pod fails at RunPodSandbox rather than at its first container.
-pub fn decide(annotations: &HashMap<String, String>, config: &Config) -> Result<Placement> {
+pub fn decide(annotations: &HashMap<String, String>, config: &Config) -> Result<Intent> {
     let requests = PlacementRequests::parse(annotations)?;
     if annotations.get(CONTAINER_TYPE).map(String::as_str) == Some("sandbox") {
-        return Ok(Placement::Cpu);
+        return Ok(Intent::Cpu);
     }
     let Some(name) = annotations.get(CONTAINER_NAME) else {
         // Not a CRI container (e.g. ctr run): nothing asks for the DPU.
-        return Ok(Placement::Cpu);
+        return Ok(Intent::Cpu);
     };
-    if let Some(placement) = requests.requested(name) {
-        return Ok(placement);
+    if let Some(intent) = requests.requested(name) {
+        return Ok(intent);
     }
-    if config.dpu.enabled {
-        let policy = &config.placement;
+    if !config.dpu.enabled {
+        return Ok(Intent::Cpu);
+    }
+    let policy = &config.placement;
+    let infra = requests.roles.get(name).copied().unwrap_or_else(|| {
         let image = annotations
             .get(IMAGE_NAME)
             .map(String::as_str)
             .unwrap_or("");
-        let infra = policy.infra_names.iter().any(|p| glob_match(p, name))
-            || policy.infra_images.iter().any(|p| glob_match(p, image));
-        if infra {
-            return Ok(Placement::Dpu);
-        }
-    }
-    Ok(Placement::Cpu)
+        policy.infra_names.iter().any(|p| glob_match(p, name))
+            || policy.infra_images.iter().any(|p| glob_match(p, image))
+    });
+    Ok(match policy.default {
+        _ if requests.pod_auto => Intent::Auto { candidate: infra },
+        PlacementDefault::Auto => Intent::Auto { candidate: infra },
+        _ if infra => Intent::Dpu { strict: false },
+        PlacementDefault::Dpu => Intent::Dpu { strict: false },
+        PlacementDefault::Cpu => Intent::Cpu,
+    })
 }
 
 /// Refuses a DPU placement the Pod's namespaces cannot follow: a container
@@ -183,10 +253,10 @@ mod tests {
     #[test]
     fn containers_without_annotations_run_on_cpu() {
         let sut = decide(&container("app", &[]), &Config::default()).unwrap();
-        assert_eq!(sut, Placement::Cpu);
+        assert_eq!(sut, Intent::Cpu);
         assert_eq!(
             decide(&HashMap::new(), &Config::default()).unwrap(),
-            Placement::Cpu
+            Intent::Cpu
         );
     }
 
@@ -195,15 +265,15 @@ mod tests {
         let a = [(OFFLOAD_ANNOTATION, "envoy, fluent-bit")];
         assert_eq!(
             decide(&container("envoy", &a), &Config::default()).unwrap(),
-            Placement::Dpu
+            Intent::Dpu { strict: true }
         );
         assert_eq!(
             decide(&container("fluent-bit", &a), &Config::default()).unwrap(),
-            Placement::Dpu
+            Intent::Dpu { strict: true }
         );
         assert_eq!(
             decide(&container("app", &a), &Config::default()).unwrap(),
-            Placement::Cpu
+            Intent::Cpu
         );
     }
 
@@ -216,11 +286,11 @@ mod tests {
         ];
         assert_eq!(
             decide(&container("envoy", &a), &Config::default()).unwrap(),
-            Placement::Cpu
+            Intent::Cpu
         );
         assert_eq!(
             decide(&container("app", &a), &Config::default()).unwrap(),
-            Placement::Dpu
+            Intent::Dpu { strict: true }
         );
     }
 
@@ -229,7 +299,7 @@ mod tests {
         let mut a = annotations(&[(OFFLOAD_ANNOTATION, "pause")]);
         a.insert(CONTAINER_TYPE.into(), "sandbox".into());
         a.insert(CONTAINER_NAME.into(), "pause".into());
-        assert_eq!(decide(&a, &Config::default()).unwrap(), Placement::Cpu);
+        assert_eq!(decide(&a, &Config::default()).unwrap(), Intent::Cpu);
     }
 
     #[test]
@@ -267,16 +337,76 @@ mod tests {
         config.placement.infra_names = vec!["istio-*".into()];
         config.placement.infra_images = vec!["*/fluent-bit:*".into()];
         let proxy = container("istio-proxy", &[]);
-        assert_eq!(decide(&proxy, &config).unwrap(), Placement::Cpu);
+        assert_eq!(decide(&proxy, &config).unwrap(), Intent::Cpu);
         config.dpu.enabled = true;
-        assert_eq!(decide(&proxy, &config).unwrap(), Placement::Dpu);
+        // The node's wish, not the Pod's: a full DPU need not fail it.
+        assert_eq!(
+            decide(&proxy, &config).unwrap(),
+            Intent::Dpu { strict: false }
+        );
         let logs = container("logs", &[(IMAGE_NAME, "docker.io/fluent/fluent-bit:2.1")]);
-        assert_eq!(decide(&logs, &config).unwrap(), Placement::Dpu);
+        assert_eq!(
+            decide(&logs, &config).unwrap(),
+            Intent::Dpu { strict: false }
+        );
+        // A role annotation overrides the patterns.
+        let app_role = container(
+            "istio-proxy",
+            &[("heteropod.io/role.istio-proxy", "application")],
+        );
+        assert_eq!(decide(&app_role, &config).unwrap(), Intent::Cpu);
         let pinned = container(
             "istio-proxy",
             &[("heteropod.io/placement.istio-proxy", "cpu")],
         );
-        assert_eq!(decide(&pinned, &config).unwrap(), Placement::Cpu);
+        assert_eq!(decide(&pinned, &config).unwrap(), Intent::Cpu);
+    }
+
+    #[test]
+    fn node_default_sends_the_rest_to_the_dpu() {
+        let mut config = Config::default();
+        config.dpu.enabled = true;
+        config.placement.default = PlacementDefault::Dpu;
+        let app = container("app", &[]);
+        assert_eq!(
+            decide(&app, &config).unwrap(),
+            Intent::Dpu { strict: false }
+        );
+        let pinned = container("app", &[("heteropod.io/placement.app", "cpu")]);
+        assert_eq!(decide(&pinned, &config).unwrap(), Intent::Cpu);
+        config.dpu.enabled = false;
+        assert_eq!(decide(&app, &config).unwrap(), Intent::Cpu);
+    }
+
+    #[test]
+    fn auto_mode_makes_infrastructure_the_candidates() {
+        let mut config = Config::default();
+        config.dpu.enabled = true;
+        config.placement.infra_names = vec!["envoy".into()];
+        let pod_auto = [(POD_PLACEMENT, "auto")];
+        assert_eq!(
+            decide(&container("envoy", &pod_auto), &config).unwrap(),
+            Intent::Auto { candidate: true }
+        );
+        assert_eq!(
+            decide(&container("app", &pod_auto), &config).unwrap(),
+            Intent::Auto { candidate: false }
+        );
+        // Named `auto` explicitly: a candidate whatever its role.
+        let named = [("heteropod.io/placement.app", "auto")];
+        assert_eq!(
+            decide(&container("app", &named), &config).unwrap(),
+            Intent::Auto { candidate: true }
+        );
+        config.placement.default = PlacementDefault::Auto;
+        assert_eq!(
+            decide(&container("envoy", &[]), &config).unwrap(),
+            Intent::Auto { candidate: true }
+        );
+        let bad = [(POD_PLACEMENT, "sometimes")];
+        assert!(decide(&container("app", &bad), &config).is_err());
+        let bad_role = [("heteropod.io/role.app", "boss")];
+        assert!(decide(&container("app", &bad_role), &config).is_err());
     }
 
     #[test]

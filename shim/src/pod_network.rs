@@ -105,6 +105,10 @@ pub async fn dpu_half(
     ) else {
         return Ok(None);
     };
+    if same_netns(cpu_netns, HOST_NETNS) {
+        // A hostNetwork Pod: its DPU containers use the DPU's own host network.
+        return Ok(Some(HOST_NETNS.to_string()));
+    }
     let mut slot = slot.lock().await;
     if let Some(net) = slot.as_ref() {
         return Ok(Some(net.dpu_netns.clone()));
@@ -131,6 +135,19 @@ pub async fn dpu_half(
     let netns = net.dpu_netns.clone();
     *slot = Some(net);
     Ok(Some(netns))
+}
+
+/// The shim's own network namespace, the host's. As the DPU half of a
+/// hostNetwork Pod it means the DPU's host network (see `spec_for_dpu`).
+pub const HOST_NETNS: &str = "/proc/self/ns/net";
+
+/// Whether two namespace paths name the same namespace (device and inode).
+fn same_netns(a: &str, b: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
 }
 
 /// `shim delete` of a sandbox whose shim died: removes the DPU half and the
@@ -320,6 +337,13 @@ impl PodNetwork {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_host_netns_is_recognised_by_inode() {
+        assert!(same_netns(HOST_NETNS, HOST_NETNS));
+        assert!(!same_netns("/proc/self/ns/net", "/proc/self/ns/ipc"));
+        assert!(!same_netns("/nonexistent", HOST_NETNS));
+    }
 
     #[test]
     fn dns_servers_come_from_nameserver_lines() {

@@ -21,6 +21,7 @@ use crate::{
     bundle::BundleSpec,
     config::Config,
     container::Container,
+    dpu_fit,
     error::{Error, Result},
     events::Events,
     exits::{ExitTable, Watched},
@@ -98,13 +99,14 @@ impl TaskService {
         let config = Config::load(Some(&options.config_path))?;
         let settings = options.resolve(&config);
         let annotations = &spec.annotations;
-        let placement = placement::decide(annotations, &config)?;
+        let intent = placement::decide(annotations, &config)?;
+        let placement = dpu_fit::resolve(&req.id, intent, spec.demand, &config).await?;
         placement::check_spans(&req.id, placement, spec.shared_pid_ns)?;
         let is_sandbox = annotations
             .get(placement::CONTAINER_TYPE)
             .map(String::as_str)
             == Some("sandbox");
-        tracing::info!(id = %req.id, %placement, "placing container");
+        tracing::info!(id = %req.id, ?intent, %placement, "placing container");
         let backend = backend::for_placement(
             placement,
             &req.id,
