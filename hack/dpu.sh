@@ -70,6 +70,8 @@ orphans_dir = "$HETEROPOD_STATE/dpu-orphans"
 
 [placement]
 default = "$DPU_PLACEMENT_DEFAULT"
+# Node policy the CRI suite exercises (tests/placement.rs names containers so).
+infra_names = ["hp-infra-*"]
 CFG
     else
         cat >"$HETEROPOD_CONFIG" <<CFG

@@ -372,3 +372,74 @@ async fn cpu_container_reaches_a_dpu_listener_on_localhost() {
     })
     .await;
 }
+
+/// A CPU limit no emulated DPU has room for (it has one core).
+fn bigger_than_the_dpu() -> heteropod_conformance::cri::LinuxContainerResources {
+    heteropod_conformance::cri::LinuxContainerResources {
+        cpu_period: 100_000,
+        cpu_quota: 800_000,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_dpu_refuses_a_pinned_container_and_the_node_policy_falls_back_to_cpu() {
+    if !dpu_enabled("a_full_dpu_refuses_a_pinned_container_and_the_node_policy_falls_back_to_cpu") {
+        return;
+    }
+    run("placement-dpu-full", async |ctx| {
+        let pod = ctx
+            .run_pod(
+                ctx.pod()
+                    .annotation(&format!("{PLACEMENT_PREFIX}pinned"), "dpu"),
+            )
+            .await?;
+        // Asked for by the Pod: a clear error, nothing half-made.
+        let pinned = ctx
+            .run_container(
+                &pod,
+                ctx.container("pinned")
+                    .command(&["sleep", "1000"])
+                    .resources(bigger_than_the_dpu()),
+            )
+            .await;
+        let err = pinned
+            .err()
+            .context("an 8-core container started on a 1-core DPU")?;
+        ensure!(format!("{err:#}").contains("DPU full"), "{err:#}");
+        // Sent by the node policy (hack/dpu.sh: infra_names = ["hp-infra-*"]):
+        // it runs, on the CPU.
+        let policy = ctx
+            .run_container(
+                &pod,
+                ctx.container("hp-infra-big")
+                    .command(&["sleep", "1000"])
+                    .resources(bigger_than_the_dpu()),
+            )
+            .await?;
+        let parent = dpu_cgroup_parent();
+        let cgroups = host::cgroups_named(&policy);
+        ensure!(!cgroups.is_empty(), "no cgroup for {policy}");
+        ensure!(
+            cgroups
+                .iter()
+                .all(|d| !d.to_string_lossy().contains(&parent)),
+            "fell back nowhere: {cgroups:?}"
+        );
+        // One that fits goes to the DPU by the same policy.
+        let small = ctx
+            .run_container(
+                &pod,
+                ctx.container("hp-infra-small").command(&["sleep", "1000"]),
+            )
+            .await?;
+        ensure!(
+            host::cgroups_named(&small)
+                .iter()
+                .any(|d| d.to_string_lossy().contains(&parent)),
+            "hp-infra-small is not on the DPU"
+        );
+        Ok(())
+    })
+    .await;
+}
