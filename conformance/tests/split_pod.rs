@@ -1,0 +1,180 @@
+//! One split Pod end to end: traffic both ways between its halves on
+//! 127.0.0.1 and on the Pod IP, `auto` placement, and nothing left on either
+//! side once it is stopped and removed. Needs the heteropod handler and a
+//! DPU agent (HETEROPOD_DPU), like tests/placement.rs.
+
+use std::time::Duration;
+
+use anyhow::{ensure, Result};
+use heteropod_conformance::{client::Cri, cri, host, net, run, wait};
+
+const PLACEMENT_PREFIX: &str = "heteropod.io/placement.";
+const NET_WAIT: Duration = Duration::from_secs(30);
+
+fn dpu_enabled(test: &str) -> bool {
+    let on = std::env::var("HETEROPOD_DPU").is_ok_and(|v| !v.is_empty() && v != "0");
+    if !on {
+        eprintln!("{test}: skipped: HETEROPOD_DPU is not set (no DPU agent for this handler)");
+    }
+    on
+}
+
+/// The DPU's cgroup parent, as hack/dpu.sh names it.
+fn dpu_cgroup_parent() -> String {
+    std::env::var("DPU_CGROUP_PARENT")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "heteropod-dpu".into())
+}
+
+fn on_dpu(id: &str) -> bool {
+    let parent = dpu_cgroup_parent();
+    host::cgroups_named(id)
+        .iter()
+        .any(|d| d.to_string_lossy().contains(&parent))
+}
+
+fn httpd(body: &str, port: u16) -> String {
+    format!("mkdir -p /www && echo {body} > /www/index.html && exec httpd -f -p {port} -h /www")
+}
+
+/// Waits until `from` gets `body` from `url` with busybox wget.
+async fn fetch(cri: &Cri, from: &str, url: &str, body: &str) -> Result<()> {
+    let got = wait::until(&format!("{url} from {from}"), NET_WAIT, || {
+        let mut cri = cri.clone();
+        let (from, url) = (from.to_string(), url.to_string());
+        async move {
+            let r = cri.exec_sync(&from, &["wget", "-qO-", &url], 10).await?;
+            Ok((r.exit_code == 0).then(|| String::from_utf8_lossy(&r.stdout).into_owned()))
+        }
+    })
+    .await?;
+    ensure!(got.trim() == body, "{url} from {from}: {got:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_pod_halves_reach_each_other_on_localhost_and_the_pod_ip() {
+    if !dpu_enabled("split_pod_halves_reach_each_other_on_localhost_and_the_pod_ip") {
+        return;
+    }
+    run("split-both-ways", async |ctx| {
+        let cri = ctx.cri();
+        let pod = ctx
+            .run_pod(
+                ctx.pod()
+                    .annotation(&format!("{PLACEMENT_PREFIX}side"), "dpu")
+                    .annotation(&format!("{PLACEMENT_PREFIX}app"), "cpu"),
+            )
+            .await?;
+        let app = ctx
+            .run_container(&pod, ctx.container("app").shell(&httpd("from-app", 18201)))
+            .await?;
+        let side = ctx
+            .run_container(
+                &pod,
+                ctx.container("side").shell(&httpd("from-side", 18202)),
+            )
+            .await?;
+        ensure!(on_dpu(&side) && !on_dpu(&app), "placement not split");
+        let ip = net::pod_ip(&ctx.cri().pod_status(&pod.id).await?)?;
+        for host in ["127.0.0.1".to_string(), ip.to_string()] {
+            fetch(&cri, &app, &format!("http://{host}:18202/"), "from-side").await?;
+            fetch(&cri, &side, &format!("http://{host}:18201/"), "from-app").await?;
+        }
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_placement_offloads_infrastructure_that_frees_cpu_and_fits() {
+    if !dpu_enabled("auto_placement_offloads_infrastructure_that_frees_cpu_and_fits") {
+        return;
+    }
+    run("split-auto", async |ctx| {
+        let pod = ctx
+            .run_pod(ctx.pod().annotation("heteropod.io/placement", "auto"))
+            .await?;
+        // 200m requested and limited: frees host CPU and fits a 1-core DPU.
+        let sized = cri::LinuxContainerResources {
+            cpu_shares: 204,
+            cpu_period: 100_000,
+            cpu_quota: 20_000,
+            ..Default::default()
+        };
+        let sleeper = |name: &str| ctx.container(name).command(&["sleep", "1000"]);
+        // Infrastructure by the node policy (hack/dpu.sh: hp-infra-*).
+        let infra = ctx
+            .run_container(&pod, sleeper("hp-infra-proxy").resources(sized.clone()))
+            .await?;
+        // No CPU request: moving it frees nothing.
+        let unsized_infra = ctx.run_container(&pod, sleeper("hp-infra-idle")).await?;
+        // An application stays whatever its size.
+        let app = ctx
+            .run_container(&pod, sleeper("app").resources(sized))
+            .await?;
+        ensure!(on_dpu(&infra), "hp-infra-proxy was not offloaded");
+        ensure!(!on_dpu(&unsized_infra), "hp-infra-idle was offloaded");
+        ensure!(!on_dpu(&app), "the application was offloaded");
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_and_removed_split_pod_leaves_nothing_on_either_side() {
+    if !dpu_enabled("stopped_and_removed_split_pod_leaves_nothing_on_either_side") {
+        return;
+    }
+    run("split-leaves-nothing", async |ctx| {
+        let mut cri = ctx.cri();
+        let pod = ctx
+            .run_pod(
+                ctx.pod()
+                    .annotation(&format!("{PLACEMENT_PREFIX}side"), "dpu"),
+            )
+            .await?;
+        let app = ctx
+            .run_container(&pod, ctx.container("app").command(&["sleep", "1000"]))
+            .await?;
+        let side = ctx
+            .run_container(&pod, ctx.container("side").command(&["sleep", "1000"]))
+            .await?;
+        let short = &pod.id[..16];
+        let region = format!("heteropod-{short}");
+        ensure!(
+            !host::processes(|a| a.iter().any(|x| x.contains(&region))).is_empty(),
+            "no relay ran for the split Pod"
+        );
+        ensure!(
+            !host::mounts_mentioning(&pod.id).is_empty(),
+            "no DPU half netns"
+        );
+        for id in [&side, &app] {
+            cri.stop_container(id, 0).await?;
+            cri.remove_container(id).await?;
+        }
+        cri.stop_pod(&pod.id).await?;
+        cri.remove_pod(&pod.id).await?;
+        let relays = host::processes(|a| a.iter().any(|x| x.contains(&region)));
+        ensure!(relays.is_empty(), "relays left: {relays:?}");
+        let shm: Vec<_> = std::fs::read_dir("/dev/shm")?
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains(short))
+            .map(|e| e.path())
+            .collect();
+        ensure!(shm.is_empty(), "region files left: {shm:?}");
+        let mounts = host::mounts_mentioning(&pod.id);
+        ensure!(mounts.is_empty(), "mounts left: {mounts:?}");
+        for id in [&side, &app] {
+            let cgroups = host::cgroups_named(id);
+            ensure!(cgroups.is_empty(), "cgroups left: {cgroups:?}");
+            let procs = host::processes(|a| a.iter().any(|x| x.contains(id.as_str())));
+            ensure!(procs.is_empty(), "processes left: {procs:?}");
+        }
+        ensure!(host::shims_of(&pod.id).is_empty(), "shim left");
+        Ok(())
+    })
+    .await;
+}
