@@ -66,7 +66,8 @@ enum Explicit {
 pub struct PlacementRequests {
     offload: Vec<String>,
     explicit: HashMap<String, Explicit>,
-    pod_auto: bool,
+    /// `heteropod.io/placement` for the containers not named otherwise.
+    pod_mode: Option<Explicit>,
     roles: HashMap<String, bool>,
 }
 
@@ -97,12 +98,14 @@ impl PlacementRequests {
             requests.explicit.insert(name.to_string(), placement);
         }
         if let Some(mode) = annotations.get(POD_PLACEMENT) {
-            requests.pod_auto = match mode.trim() {
-                "auto" => true,
-                "" | "none" => false,
+            requests.pod_mode = match mode.trim() {
+                "cpu" => Some(Explicit::Cpu),
+                "dpu" => Some(Explicit::Dpu),
+                "auto" => Some(Explicit::Auto),
+                "" => None,
                 other => {
                     return Err(Error::InvalidArgument(format!(
-                        "annotation {POD_PLACEMENT}: {other:?} is not \"auto\" (per container: {PLACEMENT_PREFIX}<name>)"
+                        "annotation {POD_PLACEMENT}: {other:?} is not \"cpu\", \"dpu\" or \"auto\""
                     )))
                 }
             };
@@ -132,11 +135,13 @@ impl PlacementRequests {
             Some(Explicit::Cpu) => Some(Intent::Cpu),
             Some(Explicit::Dpu) => Some(Intent::Dpu { strict: true }),
             Some(Explicit::Auto) => Some(Intent::Auto { candidate: true }),
-            None => self
-                .offload
-                .iter()
-                .any(|n| n == name)
-                .then_some(Intent::Dpu { strict: true }),
+            None if self.offload.iter().any(|n| n == name) => Some(Intent::Dpu { strict: true }),
+            // `auto` for the whole Pod needs the node policy's roles: see `decide`.
+            None => match self.pod_mode {
+                Some(Explicit::Cpu) => Some(Intent::Cpu),
+                Some(Explicit::Dpu) => Some(Intent::Dpu { strict: true }),
+                Some(Explicit::Auto) | None => None,
+            },
         }
     }
 }
@@ -189,7 +194,7 @@ pub fn decide(annotations: &HashMap<String, String>, config: &Config) -> Result<
             || policy.infra_images.iter().any(|p| glob_match(p, image))
     });
     Ok(match policy.default {
-        _ if requests.pod_auto => Intent::Auto { candidate: infra },
+        _ if requests.pod_mode == Some(Explicit::Auto) => Intent::Auto { candidate: infra },
         PlacementDefault::Auto => Intent::Auto { candidate: infra },
         _ if infra => Intent::Dpu { strict: false },
         PlacementDefault::Dpu => Intent::Dpu { strict: false },
@@ -402,6 +407,24 @@ mod tests {
         assert_eq!(
             decide(&container("envoy", &[]), &config).unwrap(),
             Intent::Auto { candidate: true }
+        );
+        // The whole Pod pinned, a named container still wins.
+        let pod_dpu = [
+            (POD_PLACEMENT, "dpu"),
+            ("heteropod.io/placement.app", "cpu"),
+        ];
+        assert_eq!(
+            decide(&container("envoy", &pod_dpu), &config).unwrap(),
+            Intent::Dpu { strict: true }
+        );
+        assert_eq!(
+            decide(&container("app", &pod_dpu), &config).unwrap(),
+            Intent::Cpu
+        );
+        let pod_cpu = [(POD_PLACEMENT, "cpu")];
+        assert_eq!(
+            decide(&container("envoy", &pod_cpu), &config).unwrap(),
+            Intent::Cpu
         );
         let bad = [(POD_PLACEMENT, "sometimes")];
         assert!(decide(&container("app", &bad), &config).is_err());
