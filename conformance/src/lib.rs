@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod dpu;
 pub mod env;
 pub mod fixtures;
 pub mod harness;

@@ -6,10 +6,10 @@
 use std::{path::PathBuf, process::Command, time::Duration};
 
 use anyhow::{ensure, Context, Result};
+use heteropod_conformance::dpu::{self, PLACEMENT_PREFIX};
 use heteropod_conformance::{client::Cri, host, logs, run, wait, Ctx, Pod};
 use k8s_cri::v1 as cri;
 
-const PLACEMENT_PREFIX: &str = "heteropod.io/placement.";
 /// The shim waits `lost_after_secs` (10 in hack/dpu.sh) before it gives up on the agent.
 const LOST_WAIT: Duration = Duration::from_secs(60);
 const NET_WAIT: Duration = Duration::from_secs(30);
@@ -53,12 +53,6 @@ impl Drop for RestartAgent {
     }
 }
 
-fn httpd(body: &str) -> String {
-    format!(
-        "mkdir -p /www && echo {body} > /www/index.html && exec httpd -f -p 127.0.0.1:{PORT} -h /www"
-    )
-}
-
 /// A split Pod: `app` (sleeps) on the CPU, `web` (httpd on 127.0.0.1) on the DPU.
 async fn split_pod(ctx: &Ctx, body: &str) -> Result<(Pod, String, String)> {
     let pod = ctx
@@ -71,25 +65,19 @@ async fn split_pod(ctx: &Ctx, body: &str) -> Result<(Pod, String, String)> {
         .run_container(&pod, ctx.container("app").shell("exec sleep 1000"))
         .await?;
     let web = ctx
-        .run_container(&pod, ctx.container("web").shell(&httpd(body)))
+        .run_container(
+            &pod,
+            ctx.container("web")
+                .shell(&dpu::httpd(body, &format!("127.0.0.1:{PORT}"))),
+        )
         .await?;
     Ok((pod, app, web))
 }
 
 /// Waits until the CPU container gets `body` from the DPU listener over localhost.
 async fn reaches_web(cri: &Cri, app: &str, body: &str) -> Result<()> {
-    let got = wait::until("the DPU listener from the CPU half", NET_WAIT, || {
-        let mut cri = cri.clone();
-        let app = app.to_string();
-        async move {
-            let url = format!("http://127.0.0.1:{PORT}/");
-            let r = cri.exec_sync(&app, &["wget", "-qO-", &url], 10).await?;
-            Ok((r.exit_code == 0).then(|| String::from_utf8_lossy(&r.stdout).into_owned()))
-        }
-    })
-    .await?;
-    ensure!(got.trim() == body, "body {got:?}");
-    Ok(())
+    let url = format!("http://127.0.0.1:{PORT}/");
+    dpu::wget_until(cri, app, &url, body, NET_WAIT).await
 }
 
 /// The Pod's relay on `side` (`cpu` or `dpu`): its region is named after the Pod.

@@ -8,31 +8,14 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context};
 use heteropod_conformance::client::grpc_code;
+use heteropod_conformance::dpu::{self, PLACEMENT_PREFIX};
 use heteropod_conformance::stream::Session;
 use heteropod_conformance::{host, logs, net, run, wait};
 
 const LOG_WAIT: Duration = Duration::from_secs(20);
-const PLACEMENT_PREFIX: &str = "heteropod.io/placement.";
-
-/// The DPU's cgroup parent, as hack/dpu.sh names it.
-fn dpu_cgroup_parent() -> String {
-    std::env::var("DPU_CGROUP_PARENT")
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "heteropod-dpu".into())
-}
-
-fn dpu_enabled(test: &str) -> bool {
-    let on = std::env::var("HETEROPOD_DPU").is_ok_and(|v| !v.is_empty() && v != "0");
-    if !on {
-        eprintln!("{test}: skipped: HETEROPOD_DPU is not set (no DPU agent for this handler)");
-    }
-    on
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dpu_container_logs_execs_exits_in_the_dpu_cgroup() {
-    if !dpu_enabled("dpu_container_logs_execs_exits_in_the_dpu_cgroup") {
+    if !dpu::enabled("dpu_container_logs_execs_exits_in_the_dpu_cgroup") {
         return;
     }
     run("placement-dpu", async |ctx| {
@@ -69,7 +52,7 @@ async fn dpu_container_logs_execs_exits_in_the_dpu_cgroup() {
         ensure!(r.stdout == b"exec-out\n", "exec stdout {:?}", r.stdout);
 
         // The processes are in the DPU's cgroup, limited to the DPU's cores.
-        let parent = dpu_cgroup_parent();
+        let parent = dpu::cgroup_parent();
         let own = format!("/{parent}/{c}");
         let cgroups = cri.exec_ok(&c, &["cat", "/proc/self/cgroup"]).await?;
         let cpuset_line = cgroups
@@ -110,7 +93,7 @@ async fn dpu_container_logs_execs_exits_in_the_dpu_cgroup() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_pid_namespace_with_an_offloaded_container_is_refused() {
-    if !dpu_enabled("shared_pid_namespace_with_an_offloaded_container_is_refused") {
+    if !dpu::enabled("shared_pid_namespace_with_an_offloaded_container_is_refused") {
         return;
     }
     run("placement-shared-pid", async |ctx| {
@@ -138,7 +121,7 @@ async fn shared_pid_namespace_with_an_offloaded_container_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dpu_memory_hog_is_reported_oom_killed() {
-    if !dpu_enabled("dpu_memory_hog_is_reported_oom_killed") {
+    if !dpu::enabled("dpu_memory_hog_is_reported_oom_killed") {
         return;
     }
     run("placement-dpu-oom", async |ctx| {
@@ -165,7 +148,7 @@ async fn dpu_memory_hog_is_reported_oom_killed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dpu_container_goes_with_a_killed_shim() {
-    if !dpu_enabled("dpu_container_goes_with_a_killed_shim") {
+    if !dpu::enabled("dpu_container_goes_with_a_killed_shim") {
         return;
     }
     run("placement-dpu-shim-killed", async |ctx| {
@@ -181,7 +164,7 @@ async fn dpu_container_goes_with_a_killed_shim() {
             .run_container(&pod, ctx.container(name).shell("exec sleep 1000"))
             .await?;
         let procs = std::path::Path::new("/sys/fs/cgroup/cpuset")
-            .join(dpu_cgroup_parent())
+            .join(dpu::cgroup_parent())
             .join(&c)
             .join("cgroup.procs");
         ensure!(procs.exists(), "{} missing", procs.display());
@@ -230,7 +213,7 @@ async fn dpu_sleeper(ctx: &heteropod_conformance::Ctx, name: &str) -> anyhow::Re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dpu_exec_stream_forwards_stdin() {
-    if !dpu_enabled("dpu_exec_stream_forwards_stdin") {
+    if !dpu::enabled("dpu_exec_stream_forwards_stdin") {
         return;
     }
     run("placement-dpu-stdin", async |ctx| {
@@ -255,7 +238,7 @@ async fn dpu_exec_stream_forwards_stdin() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dpu_exec_stream_with_tty_and_resize() {
-    if !dpu_enabled("dpu_exec_stream_with_tty_and_resize") {
+    if !dpu::enabled("dpu_exec_stream_with_tty_and_resize") {
         return;
     }
     run("placement-dpu-tty", async |ctx| {
@@ -285,14 +268,9 @@ async fn dpu_exec_stream_with_tty_and_resize() {
     .await;
 }
 
-/// A shell script that serves `body` on `bind` with busybox httpd in the foreground.
-fn httpd(body: &str, bind: &str) -> String {
-    format!("mkdir -p /www && echo {body} > /www/index.html && exec httpd -f -p {bind} -h /www")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dpu_container_runs_in_the_dpu_half_with_the_pod_ip() {
-    if !dpu_enabled("dpu_container_runs_in_the_dpu_half_with_the_pod_ip") {
+    if !dpu::enabled("dpu_container_runs_in_the_dpu_half_with_the_pod_ip") {
         return;
     }
     run("placement-dpu-netns", async |ctx| {
@@ -335,7 +313,7 @@ async fn dpu_container_runs_in_the_dpu_half_with_the_pod_ip() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cpu_container_reaches_a_dpu_listener_on_localhost() {
-    if !dpu_enabled("cpu_container_reaches_a_dpu_listener_on_localhost") {
+    if !dpu::enabled("cpu_container_reaches_a_dpu_listener_on_localhost") {
         return;
     }
     run("placement-dpu-localhost", async |ctx| {
@@ -352,22 +330,12 @@ async fn cpu_container_reaches_a_dpu_listener_on_localhost() {
         ctx.run_container(
             &pod,
             ctx.container("web")
-                .shell(&httpd("hello-from-dpu-half", "127.0.0.1:18080")),
+                .shell(&dpu::httpd("hello-from-dpu-half", "127.0.0.1:18080")),
         )
         .await?;
         // The relay mirrors the DPU listener into the CPU half shortly after it binds.
-        let body = wait::until("the DPU listener from the CPU half", LOG_WAIT, || {
-            let mut cri = cri.clone();
-            let app = app.clone();
-            async move {
-                let r = cri
-                    .exec_sync(&app, &["wget", "-qO-", "http://127.0.0.1:18080/"], 10)
-                    .await?;
-                Ok((r.exit_code == 0).then(|| String::from_utf8_lossy(&r.stdout).into_owned()))
-            }
-        })
-        .await?;
-        ensure!(body.trim() == "hello-from-dpu-half", "body {body:?}");
+        let url = "http://127.0.0.1:18080/";
+        dpu::wget_until(&cri, &app, url, "hello-from-dpu-half", LOG_WAIT).await?;
         Ok(())
     })
     .await;
@@ -384,7 +352,8 @@ fn bigger_than_the_dpu() -> heteropod_conformance::cri::LinuxContainerResources 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_dpu_refuses_a_pinned_container_and_the_node_policy_falls_back_to_cpu() {
-    if !dpu_enabled("a_full_dpu_refuses_a_pinned_container_and_the_node_policy_falls_back_to_cpu") {
+    if !dpu::enabled("a_full_dpu_refuses_a_pinned_container_and_the_node_policy_falls_back_to_cpu")
+    {
         return;
     }
     run("placement-dpu-full", async |ctx| {
@@ -417,7 +386,7 @@ async fn a_full_dpu_refuses_a_pinned_container_and_the_node_policy_falls_back_to
                     .resources(bigger_than_the_dpu()),
             )
             .await?;
-        let parent = dpu_cgroup_parent();
+        let parent = dpu::cgroup_parent();
         let cgroups = host::cgroups_named(&policy);
         ensure!(!cgroups.is_empty(), "no cgroup for {policy}");
         ensure!(

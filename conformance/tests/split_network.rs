@@ -9,22 +9,14 @@ use std::{
 };
 
 use anyhow::{ensure, Context, Result};
+use heteropod_conformance::dpu::{self, PLACEMENT_PREFIX};
 use heteropod_conformance::{client::Cri, net, run, wait};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, UdpSocket},
 };
 
-const PLACEMENT_PREFIX: &str = "heteropod.io/placement.";
 const NET_WAIT: Duration = Duration::from_secs(30);
-
-fn dpu_enabled(test: &str) -> bool {
-    let on = std::env::var("HETEROPOD_DPU").is_ok_and(|v| !v.is_empty() && v != "0");
-    if !on {
-        eprintln!("{test}: skipped: HETEROPOD_DPU is not set (no DPU agent for this handler)");
-    }
-    on
-}
 
 /// The Pod's default gateway: the host's address on the CNI bridge.
 async fn gateway(cri: &mut Cri, container: &str) -> Result<IpAddr> {
@@ -39,7 +31,7 @@ async fn gateway(cri: &mut Cri, container: &str) -> Result<IpAddr> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_reaches_a_dpu_sidecar_through_the_pod_ip_and_a_port_mapping() {
-    if !dpu_enabled("host_reaches_a_dpu_sidecar_through_the_pod_ip_and_a_port_mapping") {
+    if !dpu::enabled("host_reaches_a_dpu_sidecar_through_the_pod_ip_and_a_port_mapping") {
         return;
     }
     run("split-host-to-dpu", async |ctx| {
@@ -79,7 +71,7 @@ async fn host_reaches_a_dpu_sidecar_through_the_pod_ip_and_a_port_mapping() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dpu_sidecar_connections_leave_with_the_pod_ip() {
-    if !dpu_enabled("dpu_sidecar_connections_leave_with_the_pod_ip") {
+    if !dpu::enabled("dpu_sidecar_connections_leave_with_the_pod_ip") {
         return;
     }
     run("split-dpu-egress", async |ctx| {
@@ -140,7 +132,7 @@ fn dns_reply(query: &[u8], answer: [u8; 4]) -> Option<Vec<u8>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dns_works_from_the_dpu_half() {
-    if !dpu_enabled("dns_works_from_the_dpu_half") {
+    if !dpu::enabled("dns_works_from_the_dpu_half") {
         return;
     }
     run("split-dpu-dns", async |ctx| {

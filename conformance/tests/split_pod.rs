@@ -5,57 +5,15 @@
 
 use std::time::Duration;
 
-use anyhow::{ensure, Result};
-use heteropod_conformance::{client::Cri, cri, host, net, run, wait};
+use anyhow::ensure;
+use heteropod_conformance::dpu::{self, PLACEMENT_PREFIX};
+use heteropod_conformance::{cri, host, net, run};
 
-const PLACEMENT_PREFIX: &str = "heteropod.io/placement.";
 const NET_WAIT: Duration = Duration::from_secs(30);
-
-fn dpu_enabled(test: &str) -> bool {
-    let on = std::env::var("HETEROPOD_DPU").is_ok_and(|v| !v.is_empty() && v != "0");
-    if !on {
-        eprintln!("{test}: skipped: HETEROPOD_DPU is not set (no DPU agent for this handler)");
-    }
-    on
-}
-
-/// The DPU's cgroup parent, as hack/dpu.sh names it.
-fn dpu_cgroup_parent() -> String {
-    std::env::var("DPU_CGROUP_PARENT")
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "heteropod-dpu".into())
-}
-
-fn on_dpu(id: &str) -> bool {
-    let parent = dpu_cgroup_parent();
-    host::cgroups_named(id)
-        .iter()
-        .any(|d| d.to_string_lossy().contains(&parent))
-}
-
-fn httpd(body: &str, port: u16) -> String {
-    format!("mkdir -p /www && echo {body} > /www/index.html && exec httpd -f -p {port} -h /www")
-}
-
-/// Waits until `from` gets `body` from `url` with busybox wget.
-async fn fetch(cri: &Cri, from: &str, url: &str, body: &str) -> Result<()> {
-    let got = wait::until(&format!("{url} from {from}"), NET_WAIT, || {
-        let mut cri = cri.clone();
-        let (from, url) = (from.to_string(), url.to_string());
-        async move {
-            let r = cri.exec_sync(&from, &["wget", "-qO-", &url], 10).await?;
-            Ok((r.exit_code == 0).then(|| String::from_utf8_lossy(&r.stdout).into_owned()))
-        }
-    })
-    .await?;
-    ensure!(got.trim() == body, "{url} from {from}: {got:?}");
-    Ok(())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn split_pod_halves_reach_each_other_on_localhost_and_the_pod_ip() {
-    if !dpu_enabled("split_pod_halves_reach_each_other_on_localhost_and_the_pod_ip") {
+    if !dpu::enabled("split_pod_halves_reach_each_other_on_localhost_and_the_pod_ip") {
         return;
     }
     run("split-both-ways", async |ctx| {
@@ -68,19 +26,40 @@ async fn split_pod_halves_reach_each_other_on_localhost_and_the_pod_ip() {
             )
             .await?;
         let app = ctx
-            .run_container(&pod, ctx.container("app").shell(&httpd("from-app", 18201)))
+            .run_container(
+                &pod,
+                ctx.container("app").shell(&dpu::httpd("from-app", "18201")),
+            )
             .await?;
         let side = ctx
             .run_container(
                 &pod,
-                ctx.container("side").shell(&httpd("from-side", 18202)),
+                ctx.container("side")
+                    .shell(&dpu::httpd("from-side", "18202")),
             )
             .await?;
-        ensure!(on_dpu(&side) && !on_dpu(&app), "placement not split");
+        ensure!(
+            dpu::runs_on_dpu(&side) && !dpu::runs_on_dpu(&app),
+            "placement not split"
+        );
         let ip = net::pod_ip(&ctx.cri().pod_status(&pod.id).await?)?;
         for host in ["127.0.0.1".to_string(), ip.to_string()] {
-            fetch(&cri, &app, &format!("http://{host}:18202/"), "from-side").await?;
-            fetch(&cri, &side, &format!("http://{host}:18201/"), "from-app").await?;
+            dpu::wget_until(
+                &cri,
+                &app,
+                &format!("http://{host}:18202/"),
+                "from-side",
+                NET_WAIT,
+            )
+            .await?;
+            dpu::wget_until(
+                &cri,
+                &side,
+                &format!("http://{host}:18201/"),
+                "from-app",
+                NET_WAIT,
+            )
+            .await?;
         }
         Ok(())
     })
@@ -89,7 +68,7 @@ async fn split_pod_halves_reach_each_other_on_localhost_and_the_pod_ip() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_placement_offloads_infrastructure_that_frees_cpu_and_fits() {
-    if !dpu_enabled("auto_placement_offloads_infrastructure_that_frees_cpu_and_fits") {
+    if !dpu::enabled("auto_placement_offloads_infrastructure_that_frees_cpu_and_fits") {
         return;
     }
     run("split-auto", async |ctx| {
@@ -114,9 +93,12 @@ async fn auto_placement_offloads_infrastructure_that_frees_cpu_and_fits() {
         let app = ctx
             .run_container(&pod, sleeper("app").resources(sized))
             .await?;
-        ensure!(on_dpu(&infra), "hp-infra-proxy was not offloaded");
-        ensure!(!on_dpu(&unsized_infra), "hp-infra-idle was offloaded");
-        ensure!(!on_dpu(&app), "the application was offloaded");
+        ensure!(dpu::runs_on_dpu(&infra), "hp-infra-proxy was not offloaded");
+        ensure!(
+            !dpu::runs_on_dpu(&unsized_infra),
+            "hp-infra-idle was offloaded"
+        );
+        ensure!(!dpu::runs_on_dpu(&app), "the application was offloaded");
         Ok(())
     })
     .await;
@@ -124,7 +106,7 @@ async fn auto_placement_offloads_infrastructure_that_frees_cpu_and_fits() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopped_and_removed_split_pod_leaves_nothing_on_either_side() {
-    if !dpu_enabled("stopped_and_removed_split_pod_leaves_nothing_on_either_side") {
+    if !dpu::enabled("stopped_and_removed_split_pod_leaves_nothing_on_either_side") {
         return;
     }
     run("split-leaves-nothing", async |ctx| {
