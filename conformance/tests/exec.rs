@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::ensure;
 use heteropod_conformance::client::is_not_found;
 use heteropod_conformance::cri::ContainerState;
-use heteropod_conformance::stream::Session;
+use heteropod_conformance::stream::{Session, RESIZED_TTY_SCRIPT};
 use heteropod_conformance::{run, wait};
 
 const STREAM_WAIT: Duration = Duration::from_secs(20);
@@ -206,12 +206,7 @@ async fn exec_stream_with_tty_and_resize() {
         let mut cri = ctx.cri();
         let (_pod, c) = ctx.pod_with_sleeper(ctx.pod(), "main").await?;
         let url = cri
-            .exec_url(
-                &c,
-                &["sh", "-c", "read go; tty; stty size; exit 4"],
-                true,
-                true,
-            )
+            .exec_url(&c, &["sh", "-c", RESIZED_TTY_SCRIPT], true, true)
             .await?;
         let mut s = Session::connect(&url).await?;
         s.resize(123, 45).await?;

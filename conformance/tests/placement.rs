@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context};
 use heteropod_conformance::client::grpc_code;
 use heteropod_conformance::dpu::{self, PLACEMENT_PREFIX};
-use heteropod_conformance::stream::Session;
+use heteropod_conformance::stream::{Session, RESIZED_TTY_SCRIPT};
 use heteropod_conformance::{host, logs, net, run, wait};
 
 const LOG_WAIT: Duration = Duration::from_secs(20);
@@ -245,12 +245,7 @@ async fn dpu_exec_stream_with_tty_and_resize() {
         let mut cri = ctx.cri();
         let c = dpu_sleeper(ctx, "side").await?;
         let url = cri
-            .exec_url(
-                &c,
-                &["sh", "-c", "read go; tty; stty size; exit 4"],
-                true,
-                true,
-            )
+            .exec_url(&c, &["sh", "-c", RESIZED_TTY_SCRIPT], true, true)
             .await?;
         let mut s = Session::connect(&url).await?;
         s.resize(123, 45).await?;
