@@ -19,7 +19,7 @@ use nix::{sys::signal::Signal, unistd::Pid};
 use tokio::{process::Command, sync::watch, task::JoinHandle};
 
 use crate::{
-    backend::spawner::from_monitor,
+    backend::spawner::wait_child,
     error::{Error, Result},
 };
 
@@ -78,14 +78,7 @@ impl Running {
     }
 
     async fn exited(&mut self) -> std::process::ExitStatus {
-        let pid = self.pid;
-        tokio::select! {
-            status = self.child.wait() => match status {
-                Ok(s) => s,
-                Err(_) => from_monitor(&mut self.sub, pid).await,
-            },
-            status = from_monitor(&mut self.sub, pid) => status,
-        }
+        wait_child(&mut self.child, &mut self.sub, self.pid).await
     }
 
     async fn stop(mut self) {

@@ -44,23 +44,31 @@ impl runc::Spawner for ReaperAwareSpawner {
         };
         let pid = child.id().unwrap_or_default();
         let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-        let wait_exit = async {
-            tokio::select! {
-                status = child.wait() => match status {
-                    Ok(status) => status,
-                    // Reaped by the shim's reaper: the monitor has it.
-                    Err(_) => from_monitor(&mut sub, pid).await,
-                },
-                status = from_monitor(&mut sub, pid) => status,
-            }
-        };
+        let wait_exit = wait_child(&mut child, &mut sub, pid);
         let (out, err, status) = tokio::join!(read_all(stdout), read_all(stderr), wait_exit);
         let _ = monitor_unsubscribe(sub_id).await;
         Ok((status, pid, out, err))
     }
 }
 
-pub(crate) async fn from_monitor(
+/// The exit of `child` (pid `pid`), from tokio's wait or, if the shim's
+/// reaper got there first, from the monitor subscription `sub`.
+pub(crate) async fn wait_child(
+    child: &mut tokio::process::Child,
+    sub: &mut containerd_shim::asynchronous::monitor::Subscription,
+    pid: u32,
+) -> ExitStatus {
+    tokio::select! {
+        status = child.wait() => match status {
+            Ok(status) => status,
+            // Reaped by the shim's reaper: the monitor has it.
+            Err(_) => from_monitor(sub, pid).await,
+        },
+        status = from_monitor(sub, pid) => status,
+    }
+}
+
+async fn from_monitor(
     sub: &mut containerd_shim::asynchronous::monitor::Subscription,
     pid: u32,
 ) -> ExitStatus {
