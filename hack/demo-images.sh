@@ -17,55 +17,8 @@ BUILD_ONLY=0
 DEMO_IMAGES=(demo-app demo-proxy demo-upstream)
 DEMO_IMAGE_TAG="${DEMO_IMAGE_TAG:-1.0}"
 DEMO_BIN_DIR="$CARGO_TARGET_ROOT/$HOST_TRIPLE/release"
-OCI_ARCH="$(dpkg --print-architecture)"
-# Fixed timestamps and owners make the archives, and so the digests, reproducible.
-TAR_FLAGS=(--sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 --format=gnu)
-
-sha256() {
-    sha256sum "$1" | cut -d' ' -f1
-}
-
-put_blob() {
-    local layout=$1 file=$2 digest
-    digest="$(sha256 "$file")"
-    mv -f "$file" "$layout/blobs/sha256/$digest"
-    printf '%s\n' "$digest"
-}
-
-# A one-layer OCI archive of $rootfs whose entrypoint is $entrypoint (a JSON array).
-# Same layout as hack/images.sh writes, so `ctr images import` names it $ref.
-write_oci_archive() {
-    local rootfs=$1 out=$2 ref=$3 entrypoint=$4
-    local layout tmp diff_id layer_digest layer_size config_digest config_size
-    local manifest_digest manifest_size
-    layout="$(mktemp -d "$IMAGE_CACHE/demo-layout.XXXXXX")" || return 1
-    mkdir -p "$layout/blobs/sha256"
-    tmp="$layout/tmp"
-    tar "${TAR_FLAGS[@]}" -C "$rootfs" -cf "$tmp" . || return 1
-    diff_id="$(sha256 "$tmp")"
-    gzip -n -6 -c "$tmp" >"$tmp.gz" || return 1
-    rm -f "$tmp"
-    layer_size="$(stat -c %s "$tmp.gz")"
-    layer_digest="$(put_blob "$layout" "$tmp.gz")"
-    cat >"$tmp" <<JSON
-{"created":"1970-01-01T00:00:00Z","architecture":"$OCI_ARCH","os":"linux","config":{"Env":["PATH=/"],"Entrypoint":$entrypoint,"WorkingDir":"/"},"rootfs":{"type":"layers","diff_ids":["sha256:$diff_id"]},"history":[{"created":"1970-01-01T00:00:00Z","created_by":"HeteroPod hack/demo-images.sh"}]}
-JSON
-    config_size="$(stat -c %s "$tmp")"
-    config_digest="$(put_blob "$layout" "$tmp")"
-    cat >"$tmp" <<JSON
-{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:$config_digest","size":$config_size},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:$layer_digest","size":$layer_size}]}
-JSON
-    manifest_size="$(stat -c %s "$tmp")"
-    manifest_digest="$(put_blob "$layout" "$tmp")"
-    printf '{"imageLayoutVersion":"1.0.0"}\n' >"$layout/oci-layout"
-    cat >"$layout/index.json" <<JSON
-{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:$manifest_digest","size":$manifest_size,"platform":{"architecture":"$OCI_ARCH","os":"linux"},"annotations":{"io.containerd.image.name":"$ref","org.opencontainers.image.ref.name":"${ref##*:}"}}]}
-JSON
-    tar "${TAR_FLAGS[@]}" -C "$layout" -cf "$out.tmp" . || return 1
-    mv -f "$out.tmp" "$out"
-    printf 'sha256:%s\n' "$manifest_digest" >"$out.digest"
-    rm -rf "$layout"
-}
+# shellcheck source=oci.sh
+source "$(dirname "$0")/oci.sh"
 
 build_binaries() {
     log "building the demo binaries (static, $HOST_TRIPLE)"
@@ -85,7 +38,7 @@ build_image() {
     if readelf -l "$bin" 2>/dev/null | grep -q 'Requesting program interpreter'; then
         die "$bin is dynamically linked; the image has no libraries"
     fi
-    hash="$( { sha256sum "$bin" "$0"; printf '%s %s\n' "$ref" "$OCI_ARCH"; } | sha256sum | cut -d' ' -f1)"
+    hash="$( { sha256sum "$bin" "$0" "$(dirname "$0")/oci.sh"; printf '%s %s\n' "$ref" "$OCI_ARCH"; } | sha256sum | cut -d' ' -f1)"
     if [[ -f $out && -f $out.digest && -f $out.inputs && "$(<"$out.inputs")" == "$hash" ]]; then
         log "$ref archive up to date"
         return 0
@@ -99,7 +52,7 @@ build_image() {
     strip "$rootfs/$name" 2>/dev/null || true
     printf 'root:x:0:0:root:/:/%s\n' "$name" >"$rootfs/etc/passwd"
     printf 'root:x:0:\n' >"$rootfs/etc/group"
-    write_oci_archive "$rootfs" "$out" "$ref" "[\"/$name\"]" || die "cannot write $out"
+    write_oci_archive "$rootfs" "$out" "$ref" "[\"/$name\"]" 'null' || die "cannot write $out"
     rm -rf "$rootfs"
     printf '%s\n' "$hash" >"$out.inputs"
 }
