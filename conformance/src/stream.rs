@@ -244,10 +244,13 @@ impl Session {
 }
 
 /// Waits for a line on stdin, prints its tty and its size, exits 4. CRI does
-/// not order a resize against stdin (they travel apart, and a DPU applies a
-/// resize a little later), so the size is read until it is set (at most 2 s).
-pub const RESIZED_TTY_SCRIPT: &str = "read go; tty; for i in 1 2 3 4 5 6 7 8 9 10; do \
-     s=$(stty size 2>/dev/null) && [ \"$s\" != '0 0' ] && break; sleep 0.2; done; echo \"$s\"; exit 4";
+/// not order a resize against stdin (containerd sends it after starting the
+/// process, on its own stream), so the size is read until it is set (at most
+/// 5 s, ending as soon as it is). Busybox `stty size` on a terminal with no
+/// size yet prints an error and still exits 0, so the loop looks for digits.
+pub const RESIZED_TTY_SCRIPT: &str = "read go; tty; i=0; while [ $i -lt 25 ]; do \
+     s=$(stty size 2>/dev/null); case \"$s\" in [1-9]*' '[1-9]*) break;; esac; \
+     i=$((i+1)); sleep 0.2; done; echo \"$s\"; exit 4";
 
 #[cfg(test)]
 mod tests {

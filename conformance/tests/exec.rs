@@ -214,16 +214,10 @@ async fn exec_stream_with_tty_and_resize() {
         let out = s.finish(STREAM_WAIT).await?;
         let text = out.stdout_text();
         ensure!(text.contains("/dev/pts/"), "not a terminal: {text:?}");
-        // Known limit: on the DPU containerd's resize call is sometimes
-        // cancelled before the agent applies it (README, Known limits).
-        if heteropod_conformance::env::force_offload() {
-            eprintln!("exec_stream_with_tty_and_resize: size not checked on the DPU: {text:?}");
-        } else {
-            ensure!(
-                text.contains("45 123"),
-                "terminal size not applied: {text:?}"
-            );
-        }
+        ensure!(
+            text.contains("45 123"),
+            "terminal size not applied: {text:?}"
+        );
         ensure!(
             out.stderr.is_empty(),
             "stderr with a tty: {:?}",

@@ -253,12 +253,10 @@ async fn dpu_exec_stream_with_tty_and_resize() {
         let out = s.finish(LOG_WAIT).await?;
         let text = out.stdout_text();
         ensure!(text.contains("/dev/pts/"), "not a terminal: {text:?}");
-        // Known limit: containerd's resize call is sometimes cancelled before
-        // the agent applies it (README, Known limits), so the size is not
-        // asserted here; dpu-proxy's own terminal tests check resizing.
-        if !text.contains("45 123") {
-            eprintln!("dpu_exec_stream_with_tty_and_resize: resize not applied: {text:?}");
-        }
+        ensure!(
+            text.contains("45 123"),
+            "terminal size not applied: {text:?}"
+        );
         ensure!(out.exit_code()? == 4, "status {:?}", out.status);
         Ok(())
     })

@@ -158,10 +158,23 @@ pub fn slave_name(master: &OwnedFd) -> Result<String> {
     Ok(name.to_string_lossy().into_owned())
 }
 
-/// The slave as the agent reaches it: through the root of `pid`, a process
-/// in the container's mount namespace, whose /dev/pts holds it.
-pub fn slave_path(pid: u32, name: &str) -> PathBuf {
-    PathBuf::from(format!("/proc/{pid}/root{name}"))
+/// Sets the terminal's size through its master, as a terminal emulator
+/// does: the kernel applies it to the slave and sends SIGWINCH to the
+/// slave's foreground process group. No process is spawned and no path
+/// into the container is used, so a resize costs one ioctl.
+pub fn set_size(master: &OwnedFd, width: u32, height: u32) -> Result<()> {
+    let size = rustix::termios::Winsize {
+        ws_row: clamp(height),
+        ws_col: clamp(width),
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    rustix::termios::tcsetwinsize(master, size)
+        .map_err(|e| Error::FailedPrecondition(format!("resize terminal: {e}")))
+}
+
+fn clamp(n: u32) -> u16 {
+    u16::try_from(n).unwrap_or(u16::MAX)
 }
 
 #[cfg(test)]

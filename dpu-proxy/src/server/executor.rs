@@ -34,9 +34,9 @@ pub struct ChildIo {
     pub stdin: Option<OwnedFd>,
     pub stdout: OwnedFd,
     pub stderr: Option<OwnedFd>,
-    /// The terminal's slave device as the agent reaches it (through the
-    /// process's root), for resizing.
-    pub console: Option<PathBuf>,
+    /// The terminal's master (a dup of the one in stdin/stdout), kept for
+    /// resizing.
+    pub console: Option<OwnedFd>,
 }
 
 /// A process the executor started, with its stdio.
@@ -67,8 +67,6 @@ pub trait Executor: Send + Sync + 'static {
         work: &Path,
         io: IoPlan,
     ) -> Result<Spawned>;
-    /// Sets the size of a process's terminal.
-    async fn resize(&self, console: &Path, width: u32, height: u32) -> Result<()>;
     async fn kill(&self, id: &str, signal: u32, all: bool) -> Result<()>;
     async fn signal_pid(&self, pid: u32, signal: u32) -> Result<()>;
     /// `runc delete --force`; succeeds if runc does not know the id.
@@ -214,7 +212,7 @@ impl RuncExecutor {
             })?;
         let io = match ready? {
             Ready::Io(io) => io,
-            Ready::Master(master) => terminal_io(master, pid)?,
+            Ready::Master(master) => terminal_io(master)?,
         };
         Ok(Spawned { pid, io })
     }
@@ -232,17 +230,18 @@ enum Ready {
     Master(OwnedFd),
 }
 
-/// The agent's ends of a terminal: the master for output and input; the
-/// slave's path through the process's root, for resizing.
-fn terminal_io(master: OwnedFd, pid: u32) -> Result<ChildIo> {
-    let name = console::slave_name(&master)?;
+/// The agent's ends of a terminal: the master for output, input and resizing.
+fn terminal_io(master: OwnedFd) -> Result<ChildIo> {
+    // Refuses anything but a terminal master from the console socket.
+    console::slave_name(&master)?;
     let master = nonblocking(master)?;
     let writer = master.try_clone().map_err(Error::io("dup terminal"))?;
+    let resizer = master.try_clone().map_err(Error::io("dup terminal"))?;
     Ok(ChildIo {
         stdin: Some(writer),
         stdout: master,
         stderr: None,
-        console: Some(console::slave_path(pid, &name)),
+        console: Some(resizer),
     })
 }
 
@@ -291,26 +290,6 @@ impl Executor for RuncExecutor {
         args.push(work.join(format!("{verb}.pid")).into());
         args.push(id.into());
         self.run_with_io(&verb, args, work, io).await
-    }
-
-    async fn resize(&self, console: &Path, width: u32, height: u32) -> Result<()> {
-        let mut cmd = Command::new("stty");
-        cmd.arg("-F")
-            .arg(console)
-            .args(["rows", &height.to_string(), "cols", &width.to_string()]);
-        let out = self
-            .reaper
-            .output(cmd, None)
-            .await
-            .map_err(Error::io("run stty"))?;
-        if out.status != 0 {
-            return Err(Error::FailedPrecondition(format!(
-                "resize {}: {}",
-                console.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        Ok(())
     }
 
     async fn kill(&self, id: &str, signal: u32, all: bool) -> Result<()> {

@@ -100,10 +100,6 @@ impl Executor for FakeExecutor {
         self.ids.lock().unwrap().insert(id.into(), s.pid);
         Ok(s)
     }
-    async fn resize(&self, console: &Path, w: u32, h: u32) -> Result<()> {
-        self.call(format!("resize {} {w}x{h}", console.display()));
-        Ok(())
-    }
     async fn start(&self, id: &str) -> Result<()> {
         self.call(format!("start {id}"));
         Ok(())

@@ -1,4 +1,5 @@
 //! One process of a container (its init, or an exec): status, exit, stdio.
+use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
@@ -49,7 +50,7 @@ pub struct Process {
     pub stdin: Input,
     /// Terminal slave device (through the process's root), for ResizePty;
     /// not persisted: the master dies with the agent, so does resizing.
-    console: Mutex<Option<std::path::PathBuf>>,
+    console: Mutex<Option<Arc<OwnedFd>>>,
 }
 
 pub fn now_nanos() -> i64 {
@@ -128,7 +129,7 @@ impl Process {
             Some(fd) => self.stderr.pump(fd),
             None => self.stderr.finish(), // merged into the terminal
         }
-        *self.console.lock().unwrap_or_else(|p| p.into_inner()) = spawned.io.console;
+        *self.console.lock().unwrap_or_else(|p| p.into_inner()) = spawned.io.console.map(Arc::new);
         self.stdin.set(spawned.io.stdin).await
     }
 
@@ -151,7 +152,7 @@ impl Process {
         self.lock().clone()
     }
 
-    pub fn console(&self) -> Option<std::path::PathBuf> {
+    pub fn console(&self) -> Option<Arc<OwnedFd>> {
         self.console
             .lock()
             .unwrap_or_else(|p| p.into_inner())

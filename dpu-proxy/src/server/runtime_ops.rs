@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 use super::{
     cgroup::Usage,
+    console,
     process::Status,
     runtime::{name, Runtime},
 };
@@ -95,13 +96,12 @@ impl Runtime {
         let console = p.console().ok_or_else(|| {
             Error::FailedPrecondition(format!("{} has no terminal", name(id, exec_id)))
         })?;
-        // The path goes through the process's pid, which may be reused.
         if p.exit().is_some() {
             return Err(Error::FailedPrecondition(format!(
                 "{} has exited",
                 name(id, exec_id)
             )));
         }
-        self.exec.resize(&console, width, height).await
+        console::set_size(&console, width, height)
     }
 }
