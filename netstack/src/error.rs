@@ -74,6 +74,22 @@ pub enum Error {
     Reset,
     #[error("stream i/o: {0}")]
     Io(#[from] io::Error),
+    #[error("slot {window} of a {total}-byte mapping: {reason}")]
+    Window {
+        window: crate::shm::Window,
+        total: u64,
+        reason: &'static str,
+    },
+    #[error("ivshmem: {0}")]
+    Ivshmem(#[from] heteropod_ivshmem::Error),
+    #[error("ivshmem server {socket} unreachable: {source}")]
+    IvshmemServer {
+        socket: String,
+        #[source]
+        source: heteropod_ivshmem::Error,
+    },
+    #[error("slot handshake: {0}")]
+    Slot(String),
     #[error("invalid configuration: {0}")]
     Config(&'static str),
 }

@@ -93,6 +93,7 @@ fn dns_query_from_dpu_half_gets_an_answer() {
         outside: true,
         capture_egress: false,
         udp_forward: vec!["OUTSIDE:53".into(), "127.0.0.53:53".into()],
+        ..Default::default()
     });
     // A resolver outside both halves (reached from the CPU half over its veth) ...
     let resolver = SocketAddr::new(pod.outside_ip.into(), 53);

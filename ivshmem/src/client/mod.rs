@@ -199,6 +199,12 @@ impl Client {
             .map_err(io("dup eventfd"))
     }
 
+    /// Whether the connection to the server is still up (joins and leaves
+    /// are still reported).
+    pub fn is_connected(&self) -> bool {
+        !self.reader.is_finished()
+    }
+
     /// The other peers and how many vectors each has sent so far.
     pub fn peers(&self) -> Vec<PeerInfo> {
         self.shared.peers().snapshot()

@@ -1,8 +1,12 @@
 //! `heteronet`: the relay of one half of a split Pod network.
 //!
 //! `heteronet --side cpu|dpu --netns PATH --region ADDR [--rendezvous PATH]
-//!  [--mode elastic|busy-poll] [--capture-egress] [--pod-ip IP] [--stats-socket PATH]
-//!  [--udp-forward IP:PORT]...`
+//!  [--irq-fds DATA,SPACE] [--mode elastic|busy-poll] [--capture-egress] [--pod-ip IP]
+//!  [--stats-socket PATH] [--udp-forward IP:PORT]...`
+//!
+//! Across an ivshmem BAR: the host (CPU) relay takes `--region ivshmem:<socket>@k/n`,
+//! the guest (DPU) relay `--region pci:<bdf>/<bar>@k/n --irq-fds DATA,SPACE` (the
+//! inherited VFIO eventfds of MSI-X vectors 2k and 2k+1).
 //!
 //! The netns is entered and capabilities are dropped before the tokio runtime
 //! starts, so every runtime thread lives in the namespace with the reduced set.
@@ -40,9 +44,14 @@ struct Args {
     /// Network namespace to enter (e.g. /run/netns/NAME or /proc/PID/ns/net).
     #[arg(long)]
     netns: Option<PathBuf>,
-    /// Shared region: shm:/heteropod/POD, memfd:, pci:BDF/BAR, dax:/dev/daxX.Y.
+    /// Shared region: shm:/heteropod/POD, memfd:, pci:BDF/BAR, dax:/dev/daxX.Y,
+    /// ivshmem:SOCKET@K/N (host side of an ivshmem slot), pci:BDF/BAR@K/N (guest side).
     #[arg(long)]
     region: RegionAddr,
+    /// Guest side of an ivshmem slot: inherited eventfds of the slot's MSI-X
+    /// vectors 2k (data published) and 2k+1 (space freed), as `DATA,SPACE`.
+    #[arg(long, value_delimiter = ',', num_args = 1)]
+    irq_fds: Vec<i32>,
     /// Rendezvous Unix socket path (default: the shm region file path + `.sock`).
     #[arg(long)]
     rendezvous: Option<PathBuf>,
@@ -96,6 +105,54 @@ fn raise_nofile() {
         .status();
 }
 
+type IrqFds = Option<std::sync::Arc<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)>>;
+
+/// `--irq-fds DATA,SPACE`: two distinct inherited eventfds, only with a `pci:...@k/n` region.
+fn irq_fds(a: &Args) -> Result<IrqFds> {
+    let guest_slot = matches!(&a.region, RegionAddr::Window { base, .. }
+        if matches!(**base, RegionAddr::Pci { .. }));
+    match a.irq_fds.as_slice() {
+        [] if guest_slot => anyhow::bail!(
+            "--region {} is a guest slot: it needs --irq-fds DATA,SPACE (the VFIO eventfds of \
+             MSI-X vectors 2k and 2k+1, inherited from dpu-proxy)",
+            a.region
+        ),
+        [] => Ok(None),
+        _ if !guest_slot => anyhow::bail!(
+            "--irq-fds only goes with a guest slot region pci:<bdf>/<bar>@<k>/<n> (got --region {})",
+            a.region
+        ),
+        [d, s] if d != s => {
+            let adopt = |fd: i32| {
+                heteronet::shm::fd::adopt_inherited_eventfd(fd)
+                    .with_context(|| format!("--irq-fds: descriptor {fd}"))
+            };
+            Ok(Some(std::sync::Arc::new((adopt(*d)?, adopt(*s)?))))
+        }
+        _ => anyhow::bail!("--irq-fds takes two different descriptors: DATA,SPACE"),
+    }
+}
+
+/// Flags that do not go with a slot region, refused with a clear message.
+fn check_region_args(a: &Args) -> Result<()> {
+    let slot = matches!(&a.region, RegionAddr::Ivshmem { .. })
+        || matches!(&a.region, RegionAddr::Window { base, .. } if matches!(**base, RegionAddr::Pci { .. }));
+    if slot && a.rendezvous.is_some() {
+        anyhow::bail!(
+            "--region {} meets its peer through the slot's control block: drop --rendezvous",
+            a.region
+        );
+    }
+    if matches!(&a.region, RegionAddr::Window { base, .. } if matches!(**base, RegionAddr::Pci { .. }))
+        && a.create == Some(true)
+    {
+        anyhow::bail!(
+            "the guest (pci:) side of a slot cannot create it: the host (ivshmem:) side does"
+        );
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -106,6 +163,9 @@ fn main() -> Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let a = Args::parse();
+    // Adopt inherited descriptors before anything else could own their numbers.
+    let irq_fds = irq_fds(&a)?;
+    check_region_args(&a)?;
     raise_nofile();
     let side = match a.side {
         SideArg::Cpu => Side::Cpu,
@@ -126,6 +186,7 @@ fn main() -> Result<()> {
         udp_forward: a.udp_forward,
         poll_interval: Duration::from_millis(a.poll_ms.max(10)),
         create: a.create.unwrap_or(relay::session::default_create(side)),
+        irq_fds,
     };
     // Single-threaded here: setns and capability changes apply to every thread started later.
     let threads = a.threads;

@@ -9,7 +9,7 @@ use super::shared::{inc, Shared, TxSlot};
 use super::stream::{MuxStream, StreamState};
 use super::MuxEvent;
 use crate::error::{Error, Result};
-use crate::link::{peer_gone, Link, LinkBuilder, LinkSource, Listener};
+use crate::link::{Link, LinkBuilder, LinkSource, Listener};
 use crate::notify::{NotifyStats, Waiter};
 use crate::shm::Record;
 
@@ -126,7 +126,7 @@ async fn drive(shared: &Arc<Shared>, link: Link) -> End {
         space_bell,
         peer_data_bell,
         peer_space_bell,
-        conn,
+        liveness,
         mode,
         is_creator,
         ..
@@ -178,7 +178,7 @@ async fn drive(shared: &Arc<Shared>, link: Link) -> End {
                     return End::Failed(e);
                 }
             }
-            _ = peer_gone(&conn) => return End::PeerGone,
+            _ = liveness.gone() => return End::PeerGone,
             _ = shared.stopped() => return End::Stopped,
             _ = shared.link_failed(epoch) => {
                 return End::Failed(Error::Protocol("tx ring corrupted"));

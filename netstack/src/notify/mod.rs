@@ -113,22 +113,44 @@ impl Doorbell {
 
 /// The peer's doorbell, rung by this side.
 #[derive(Debug)]
-pub struct Bell(OwnedFd);
+pub struct Bell(BellKind);
+
+#[derive(Debug)]
+enum BellKind {
+    /// An eventfd: the peer's own (rendezvous), or an ivshmem peer's vector
+    /// (the host ringing a guest's MSI-X vector is an eventfd write too).
+    EventFd(OwnedFd),
+    /// The ivshmem doorbell register in BAR0 (the guest ringing a host peer).
+    Register(heteropod_ivshmem::RegisterBell),
+}
 
 impl Bell {
+    /// A bell that writes the eventfd `fd`.
     pub fn new(fd: OwnedFd) -> Bell {
-        Bell(fd)
+        Bell(BellKind::EventFd(fd))
+    }
+
+    /// A bell that writes `(peer << 16) | vector` to an ivshmem BAR0 doorbell.
+    pub fn register(bell: heteropod_ivshmem::RegisterBell) -> Bell {
+        Bell(BellKind::Register(bell))
     }
 
     /// Rings once. A full counter (EAGAIN) already means "rung".
     pub fn ring(&self) -> Result<()> {
-        match nix::unistd::write(&self.0, &1u64.to_ne_bytes()) {
-            Ok(_) | Err(nix::errno::Errno::EAGAIN) => Ok(()),
-            Err(e) => Err(Error::Doorbell(e.into())),
+        match &self.0 {
+            BellKind::EventFd(fd) => match nix::unistd::write(fd, &1u64.to_ne_bytes()) {
+                Ok(_) | Err(nix::errno::Errno::EAGAIN) => Ok(()),
+                Err(e) => Err(Error::Doorbell(e.into())),
+            },
+            BellKind::Register(r) => r.ring().map_err(Error::Ivshmem),
         }
     }
 
+    /// The eventfd rung, if this bell is one (-1 for a register bell).
     pub fn raw_fd(&self) -> i32 {
-        self.0.as_raw_fd()
+        match &self.0 {
+            BellKind::EventFd(fd) => fd.as_raw_fd(),
+            BellKind::Register(_) => -1,
+        }
     }
 }

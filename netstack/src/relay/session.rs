@@ -57,9 +57,14 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
     if let Some(r) = &cfg.rendezvous {
         builder = builder.rendezvous(r.clone());
     }
+    if let Some(fds) = &cfg.irq_fds {
+        let dup =
+            |f: &std::os::fd::OwnedFd| f.try_clone().map_err(|e| Error::io("dup --irq-fds", e));
+        builder = builder.irq_fds(dup(&fds.0)?, dup(&fds.1)?);
+    }
     // The creator accepts the peer again after it restarts; the opener reconnects by itself.
     let source: LinkSource = if cfg.create {
-        builder.create()?.into()
+        builder.bind().await?.into()
     } else {
         builder.into()
     };

@@ -27,6 +27,8 @@ pub struct RelayConfig {
     pub poll_interval: Duration,
     /// Whether this side creates the region (default: the CPU side does).
     pub create: bool,
+    /// The guest's (data, space) MSI-X eventfds for a `pci:<bdf>/<bar>@k/n` slot.
+    pub irq_fds: Option<std::sync::Arc<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)>>,
 }
 
 /// Sockets and rules made before the runtime; consumed by [`super::run`].

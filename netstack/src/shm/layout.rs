@@ -18,6 +18,14 @@ pub const MIN_RING_BYTES: u64 = 4096;
 pub const MAX_RING_BYTES: u64 = 1 << 32;
 /// Default bytes per ring direction.
 pub const DEFAULT_RING_BYTES: u64 = 4 << 20;
+/// The smallest region: the header page and two minimal rings.
+pub const MIN_REGION_SIZE: u64 =
+    HEADER_SIZE + 2 * (RING_CTRL_SIZE + MIN_RING_BYTES).div_ceil(4096) * 4096;
+/// The liveness control block of slot links (see `link::slot`): in the header
+/// page after the header fields; never part of the header check.
+pub const CONTROL_OFFSET: u64 = 2048;
+/// Bytes of the control block: one 128-byte record per side.
+pub const CONTROL_SIZE: u64 = 256;
 
 /// Where one ring sits in the region.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use memmap2::{MmapOptions, MmapRaw};
 
 use super::layout::{
-    Header, Layout, DEFAULT_RING_BYTES, GENERATION_OFFSET, HEADER_BYTES, MAGIC, RING_CTRL_SIZE,
-    VERSION,
+    Header, Layout, CONTROL_OFFSET, CONTROL_SIZE, DEFAULT_RING_BYTES, GENERATION_OFFSET,
+    HEADER_BYTES, MAGIC, RING_CTRL_SIZE, VERSION,
 };
 use super::ring::Ring;
 use super::RegionAddr;
@@ -55,89 +55,115 @@ fn dax_size(path: &std::path::Path) -> Result<u64> {
 }
 
 impl Region {
-    /// Creates (or, for pci/dax, takes over) a region and writes a fresh header.
-    /// `ring_bytes` is per direction; pci/dax use the largest layout that fits
-    /// when it is `None`. An stale shm file of the same name is replaced.
+    /// Creates (or, for pci/dax and slot windows, takes over) a region and
+    /// writes a fresh header. `ring_bytes` is per direction; pci/dax/windows
+    /// use the largest layout that fits when it is `None`. A stale shm file of
+    /// the same name is replaced (a windowed shm file is opened, never replaced).
     pub fn create(addr: &RegionAddr, ring_bytes: Option<u64>, creator_side: u32) -> Result<Region> {
-        let (file, size, remove_on_drop, layout) = match addr {
+        match addr {
             RegionAddr::Shm(_) | RegionAddr::Memfd => {
-                let layout = Layout::with_ring_bytes(ring_bytes.unwrap_or(DEFAULT_RING_BYTES))?;
-                let (file, remove) = match addr.file_path() {
-                    Some(path) => {
-                        if let Some(dir) = path.parent() {
-                            fs::DirBuilder::new()
-                                .recursive(true)
-                                .mode(0o700)
-                                .create(dir)
-                                .map_err(io_err(dir, "create directory"))?;
-                        }
-                        // A file left by a crashed creator: the creator owns this name.
-                        let _ = fs::remove_file(&path);
-                        let f = OpenOptions::new()
-                            .read(true)
-                            .write(true)
-                            .create_new(true)
-                            .mode(0o600)
-                            .open(&path)
-                            .map_err(io_err(&path, "create"))?;
-                        (f, Some(path))
-                    }
-                    None => {
-                        let fd = nix::sys::memfd::memfd_create(
-                            c"heteronet",
-                            nix::sys::memfd::MFdFlags::MFD_CLOEXEC
-                                | nix::sys::memfd::MFdFlags::MFD_ALLOW_SEALING,
-                        )
-                        .map_err(|e| Error::RegionIo {
-                            path: "memfd".into(),
-                            context: "memfd_create",
-                            source: e.into(),
-                        })?;
-                        (File::from(fd), None)
-                    }
-                };
-                let p = addr.to_string();
-                file.set_len(layout.total_size)
-                    .map_err(io_err(std::path::Path::new(&p), "set size"))?;
-                if remove.is_none() {
-                    // A peer that truncated the memfd would make our accesses fault
-                    // (SIGBUS); seal the size. (tmpfs files under /dev/shm cannot be sealed.)
-                    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
-                    let seals =
-                        SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL;
-                    fcntl(&file, FcntlArg::F_ADD_SEALS(seals)).map_err(|e| Error::RegionIo {
-                        path: p.clone(),
-                        context: "seal memfd",
-                        source: e.into(),
-                    })?;
-                }
-                (file, layout.total_size, remove, layout)
+                Self::create_file(addr, ring_bytes, creator_side)
             }
-            RegionAddr::Pci { .. } | RegionAddr::Dax(_) => {
-                let file = Self::open_device(addr)?;
-                let size = Self::device_size(addr, &file)?;
-                let layout = match ring_bytes {
-                    Some(b) => Layout::with_ring_bytes(b)?,
-                    None => Layout::fitting(size)?,
-                };
-                if layout.total_size > size {
-                    return Err(HeaderError::SizeMismatch {
-                        header: layout.total_size,
-                        actual: size,
-                    }
-                    .into());
+            RegionAddr::Pci { .. } | RegionAddr::Dax(_) | RegionAddr::Window { .. } => {
+                let file = Self::open_base(addr)?;
+                Self::create_in(addr, file, ring_bytes, creator_side)
+            }
+            RegionAddr::Ivshmem { .. } => Err(Error::Config(
+                "an ivshmem region lives in the server's memory: map it with Region::create_in",
+            )),
+        }
+    }
+
+    fn create_file(
+        addr: &RegionAddr,
+        ring_bytes: Option<u64>,
+        creator_side: u32,
+    ) -> Result<Region> {
+        let layout = Layout::with_ring_bytes(ring_bytes.unwrap_or(DEFAULT_RING_BYTES))?;
+        let (file, remove) = match addr.file_path() {
+            Some(path) => {
+                if let Some(dir) = path.parent() {
+                    fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o700)
+                        .create(dir)
+                        .map_err(io_err(dir, "create directory"))?;
                 }
-                (file, layout.total_size, None, layout)
+                // A file left by a crashed creator: the creator owns this name.
+                let _ = fs::remove_file(&path);
+                let f = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&path)
+                    .map_err(io_err(&path, "create"))?;
+                (f, Some(path))
+            }
+            None => {
+                let fd = nix::sys::memfd::memfd_create(
+                    c"heteronet",
+                    nix::sys::memfd::MFdFlags::MFD_CLOEXEC
+                        | nix::sys::memfd::MFdFlags::MFD_ALLOW_SEALING,
+                )
+                .map_err(|e| Error::RegionIo {
+                    path: "memfd".into(),
+                    context: "memfd_create",
+                    source: e.into(),
+                })?;
+                (File::from(fd), None)
             }
         };
-        let map = MmapOptions::new()
-            .len(size as usize)
-            .map_raw(&file)
-            .map_err(|e| Error::RegionIo {
-                path: addr.to_string(),
-                context: "mmap",
-                source: e,
+        let p = addr.to_string();
+        file.set_len(layout.total_size)
+            .map_err(io_err(std::path::Path::new(&p), "set size"))?;
+        if remove.is_none() {
+            // A peer that truncated the memfd would make our accesses fault
+            // (SIGBUS); seal the size. (tmpfs files under /dev/shm cannot be sealed.)
+            use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+            let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL;
+            fcntl(&file, FcntlArg::F_ADD_SEALS(seals)).map_err(|e| Error::RegionIo {
+                path: p.clone(),
+                context: "seal memfd",
+                source: e.into(),
             })?;
+        }
+        let map = Self::map(addr, &file, 0, layout.total_size)?;
+        Ok(Self::init(map, addr, file, remove, layout, creator_side))
+    }
+
+    /// Takes over a fixed-size mapping (pci, dax) or one slot window of it
+    /// (`@k/n`, `ivshmem:` with the server's memory as `file`) and writes a header.
+    pub fn create_in(
+        addr: &RegionAddr,
+        file: File,
+        ring_bytes: Option<u64>,
+        creator_side: u32,
+    ) -> Result<Region> {
+        let (offset, size) = Self::extent(addr, &file)?;
+        let layout = match ring_bytes {
+            Some(b) => Layout::with_ring_bytes(b)?,
+            None => Layout::fitting(size)?,
+        };
+        if layout.total_size > size {
+            return Err(HeaderError::SizeMismatch {
+                header: layout.total_size,
+                actual: size,
+            }
+            .into());
+        }
+        let map = Self::map(addr, &file, offset, size)?;
+        Ok(Self::init(map, addr, file, None, layout, creator_side))
+    }
+
+    fn init(
+        map: MmapRaw,
+        addr: &RegionAddr,
+        file: File,
+        remove_on_drop: Option<PathBuf>,
+        layout: Layout,
+        creator_side: u32,
+    ) -> Region {
         let header = Header {
             magic: MAGIC,
             version: VERSION,
@@ -154,44 +180,58 @@ impl Region {
         };
         region.write_header(&header);
         region.reset_rings();
-        Ok(region)
+        region
+    }
+
+    /// Maps `len` bytes at `offset` of `file`.
+    fn map(addr: &RegionAddr, file: &File, offset: u64, len: u64) -> Result<MmapRaw> {
+        let len = usize::try_from(len).map_err(|_| Error::Config("region too large"))?;
+        MmapOptions::new()
+            .offset(offset)
+            .len(len)
+            .map_raw(file)
+            .map_err(|e| Error::RegionIo {
+                path: addr.to_string(),
+                context: "mmap",
+                source: e,
+            })
+    }
+
+    /// `(offset, len)` of the region in `file`: the whole file, or its slot window.
+    fn extent(addr: &RegionAddr, file: &File) -> Result<(u64, u64)> {
+        let total = Self::device_size(addr, file)?;
+        match addr.window() {
+            Some(w) => w.range(total),
+            None => Ok((0, total)),
+        }
     }
 
     /// Opens an existing region by address and validates its header.
     pub fn open(addr: &RegionAddr) -> Result<Region> {
         let file = match addr {
             RegionAddr::Memfd => return Err(Error::Config("a memfd region can only be received")),
-            RegionAddr::Shm(_) => {
-                let path = addr.file_path().ok_or(Error::Config("no path"))?;
-                OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(&path)
-                    .map_err(io_err(&path, "open"))?
+            RegionAddr::Ivshmem { .. } => {
+                return Err(Error::Config(
+                    "an ivshmem region lives in the server's memory: map it with Region::open_in",
+                ))
             }
-            _ => Self::open_device(addr)?,
+            _ => Self::open_base(addr)?,
         };
-        Self::from_file(addr.clone(), file)
+        Self::open_in(addr, file)
     }
 
     /// Maps a region received as a file descriptor (from the rendezvous) and validates it.
     pub fn from_fd(addr: RegionAddr, fd: OwnedFd) -> Result<Region> {
-        Self::from_file(addr, File::from(fd))
+        Self::open_in(&addr, File::from(fd))
     }
 
-    fn from_file(addr: RegionAddr, file: File) -> Result<Region> {
-        let size = Self::device_size(&addr, &file)?;
+    /// Maps the region (or its slot window) of `file` and validates its header.
+    pub fn open_in(addr: &RegionAddr, file: File) -> Result<Region> {
+        let (offset, size) = Self::extent(addr, &file)?;
         if size < super::layout::HEADER_SIZE {
             return Err(HeaderError::TooSmall(size).into());
         }
-        let map = MmapOptions::new()
-            .len(size as usize)
-            .map_raw(&file)
-            .map_err(|e| Error::RegionIo {
-                path: addr.to_string(),
-                context: "mmap",
-                source: e,
-            })?;
+        let map = Self::map(addr, &file, offset, size)?;
         let mut raw = [0u8; HEADER_BYTES];
         // SAFETY: the mapping is at least HEADER_SIZE (> HEADER_BYTES) bytes long and
         // `raw` is a private buffer, so source and destination are valid and disjoint.
@@ -199,11 +239,26 @@ impl Region {
         let header = Header::decode(&raw, size)?;
         Ok(Region {
             map,
-            addr,
+            addr: addr.clone(),
             file: Some(file),
             remove_on_drop: None,
             header,
         })
+    }
+
+    /// Opens the file behind an address: an existing shm file, or a device.
+    fn open_base(addr: &RegionAddr) -> Result<File> {
+        match addr.base() {
+            RegionAddr::Shm(_) => {
+                let path = addr.file_path().ok_or(Error::Config("no path"))?;
+                OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&path)
+                    .map_err(io_err(&path, "open"))
+            }
+            _ => Self::open_device(addr),
+        }
     }
 
     fn open_device(addr: &RegionAddr) -> Result<File> {
@@ -217,7 +272,7 @@ impl Region {
     }
 
     fn device_size(addr: &RegionAddr, file: &File) -> Result<u64> {
-        match addr {
+        match addr.base() {
             RegionAddr::Dax(p) => dax_size(p),
             _ => Ok(file
                 .metadata()
@@ -281,6 +336,19 @@ impl Region {
                 )
             };
         }
+    }
+
+    /// Word `index` of the slot control block (see `link::slot`), shared with the peer.
+    pub(crate) fn control_word(&self, index: usize) -> Result<&AtomicU64> {
+        if index as u64 >= CONTROL_SIZE / 8 {
+            return Err(Error::Config("control word index"));
+        }
+        let at = CONTROL_OFFSET as usize + index * 8;
+        // SAFETY: every mapping is at least HEADER_SIZE bytes (checked when it was
+        // created or opened) and [CONTROL_OFFSET, CONTROL_OFFSET + CONTROL_SIZE) lies
+        // in the header page; `at` is 8-byte aligned (page-aligned base). Both sides
+        // access these words only atomically (tests' `poke` aside, as for the generation).
+        Ok(unsafe { AtomicU64::from_ptr(self.map.as_mut_ptr().add(at).cast()) })
     }
 
     fn generation_word(&self) -> &AtomicU64 {

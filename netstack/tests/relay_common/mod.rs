@@ -2,6 +2,8 @@
 //! namespaces with a relay in each, torn down by Drop even on panic.
 #![allow(dead_code)]
 
+pub mod ivshmem;
+
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -156,6 +158,9 @@ pub struct PodOptions {
     pub capture_egress: bool,
     /// `OUTSIDE` in an entry stands for the outside netns address.
     pub udp_forward: Vec<String>,
+    /// (CPU, DPU) `--region` values instead of a shm region + rendezvous
+    /// (e.g. ivshmem slots, which need no rendezvous).
+    pub regions: Option<(String, String)>,
 }
 
 /// Two halves of a Pod network (plus optionally an "outside" netns joined to
@@ -251,17 +256,31 @@ impl Pod {
                 side.into(),
                 "--netns".into(),
                 format!("/run/netns/{ns}"),
-                "--region".into(),
-                format!("shm:{region}"),
-                "--rendezvous".into(),
-                rendezvous.display().to_string(),
+            ];
+            match &opts.regions {
+                Some((cpu, dpu)) => {
+                    v.push("--region".into());
+                    v.push(if side == "cpu" {
+                        cpu.clone()
+                    } else {
+                        dpu.clone()
+                    });
+                }
+                None => v.extend([
+                    "--region".into(),
+                    format!("shm:{region}"),
+                    "--rendezvous".into(),
+                    rendezvous.display().to_string(),
+                ]),
+            }
+            v.extend([
                 "--pod-ip".into(),
                 pod_ip.to_string(),
                 "--stats-socket".into(),
                 format!("/tmp/heteronet-test-{id}-{side}.stats"),
                 "--poll-ms".into(),
                 "100".into(),
-            ];
+            ]);
             if side == "dpu" {
                 if opts.capture_egress {
                     v.push("--capture-egress".into());
