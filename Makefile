@@ -39,7 +39,11 @@ test: build
 	@$(MAKE) --no-print-directory test-unit
 	@$(MAKE) --no-print-directory test-conformance
 
+# The QEMU guest tests boot hack/qemu's cached kernel and busybox: build them
+# first (cached; needs root). If that fails, those tests skip and say why.
 test-unit:
+	@echo "==> hack/qemu/guest.sh build (guest kernel for the QEMU tests, cached)"
+	@hack/qemu/guest.sh build || echo "==> guest.sh build failed (see above): the QEMU guest tests use an earlier cached build, or skip and say why"
 	@echo "==> cargo test (workspace, without the CRI suite)"
 	@$(CARGO) test --release --workspace --exclude heteropod-conformance
 

@@ -18,6 +18,8 @@ async fn logs_capture_stdout_and_stderr_in_cri_format() {
             .run_container(&pod, ctx.container("talker").shell(script))
             .await?;
         wait::exited(&cri, &c).await?;
+        // stdout and stderr reach the log through separate copies: wait for each.
+        logs::wait_for(&pod.log_path("talker"), "stderr", "err-1", LOG_WAIT).await?;
         let lines =
             logs::wait_for(&pod.log_path("talker"), "stdout", "no-newline", LOG_WAIT).await?;
         // The unterminated last line is kept as a partial record.

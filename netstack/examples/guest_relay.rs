@@ -3,7 +3,9 @@
 //! starts an echo server on 127.0.0.1:<port> (the DPU half's workload), and
 //! runs the real relay as `heteronet --side dpu --region pci:<bdf>/2@<k>/<n>
 //! --irq-fds DATA,SPACE` with the eventfds of vectors 2k and 2k+1 inherited.
-//! Used by `tests/guest_slot.rs`; prints `GUEST-*` lines on the console.
+//! Used by `tests/guest_slot.rs` and `heteronet-bench` (`relay_pci_elastic`);
+//! prints `GUEST-*` lines on the console, `GUEST-JSON {"echo":...}` per
+//! connection closed.
 //!
 //! `guest_relay <bdf> <k> <n> <port> <heteronet binary>`
 
@@ -11,25 +13,35 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::process::Command;
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 use heteropod_ivshmem::VfioInterrupts;
 
+/// Echoes one connection; when it ends, prints `GUEST-JSON {"echo":{...}}`
+/// (bytes echoed, reads, seconds) so a host benchmark can check its pings
+/// all went through the guest.
 fn echo(mut c: TcpStream) {
+    let _ = c.set_nodelay(true);
     let mut buf = vec![0u8; 64 * 1024];
+    let (mut bytes, mut reads, t) = (0u64, 0u64, Instant::now());
     loop {
         match c.read(&mut buf) {
             Ok(0) | Err(_) => {
                 let _ = c.shutdown(std::net::Shutdown::Write);
-                return;
+                break;
             }
             Ok(n) => {
                 if c.write_all(&buf[..n]).is_err() {
-                    return;
+                    break;
                 }
+                bytes += n as u64;
+                reads += 1;
             }
         }
     }
+    let doc = serde_json::json!({"echo": {"bytes": bytes, "reads": reads, "secs": t.elapsed().as_secs_f64()}});
+    println!("GUEST-JSON {doc}");
 }
 
 fn main() -> Result<()> {

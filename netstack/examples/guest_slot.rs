@@ -6,17 +6,61 @@
 //! `tests/guest_slot.rs`; prints `GUEST-*` lines on the console.
 //!
 //! `guest_slot <bdf> <k> <n>`
+//!
+//! `guest_slot ring <bdf> <k> <n>`: the echo end of a bare ring ping-pong
+//! (`heteronet::bench::ring_ping` on the host, both ends spinning, no
+//! doorbells): opens the slot the host created (`GUEST-RING-READY`), echoes
+//! until the stop record and prints `GUEST-JSON {"ring_pci":{...}}` (records
+//! echoed, seconds) for `heteronet-bench`.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use heteronet::shm::Region;
 use heteronet::{LinkBuilder, Mux, MuxEvent, RegionAddr, Side};
 use heteropod_ivshmem::VfioInterrupts;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// Echo end of the spinning ring ping-pong across the BAR window.
+fn ring(mut args: impl Iterator<Item = String>) -> Result<()> {
+    let bdf = args
+        .next()
+        .context("usage: guest_slot ring <bdf> <k> <n>")?;
+    let k: u32 = args.next().context("slot")?.parse()?;
+    let n: u32 = args.next().context("slots")?.parse()?;
+    let addr: RegionAddr = format!("pci:{bdf}/2@{k}/{n}").parse()?;
+    // The host creates the slot; retry until its header is there.
+    let give_up = Instant::now() + Duration::from_secs(300);
+    let region = loop {
+        match Region::open(&addr) {
+            Ok(r) => break Arc::new(r),
+            Err(e) if Instant::now() > give_up => return Err(e).context("open the slot"),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    let busy = || anyhow::anyhow!("ring already in use");
+    // The host pings on ring 0 and reads our answers on ring 1.
+    let mut rx = region.ring(0)?.acquire_consumer().ok_or_else(busy)?;
+    let mut tx = region.ring(1)?.acquire_producer().ok_or_else(busy)?;
+    println!("GUEST-RING-READY");
+    let t = Instant::now();
+    let echoed = heteronet::bench::ring_echo(&mut tx, &mut rx, Duration::from_secs(60))?;
+    let doc =
+        serde_json::json!({"ring_pci": {"echoed": echoed, "secs": t.elapsed().as_secs_f64()}});
+    println!("GUEST-JSON {doc}");
+    Ok(())
+}
+
 fn main() -> Result<()> {
-    let mut args = std::env::args().skip(1);
-    let bdf = args.next().context("usage: guest_slot <bdf> <k> <n>")?;
+    let mut args = std::env::args().skip(1).peekable();
+    if args.peek().map(String::as_str) == Some("ring") {
+        args.next();
+        return ring(args);
+    }
+    let bdf = args
+        .next()
+        .context("usage: guest_slot [ring] <bdf> <k> <n>")?;
     let k: u32 = args.next().context("slot")?.parse()?;
     let n: u32 = args.next().context("slots")?.parse()?;
     // VFIO first: the BARs stay mappable through sysfs after the bind.

@@ -55,20 +55,96 @@ pub fn ring_rtt(iterations: usize) -> Result<Vec<Duration>> {
 }
 
 fn spin_push(p: &mut Producer, msg: &[u8]) -> Result<()> {
+    spin_push_until(p, msg, None)
+}
+
+fn spin_pop(c: &mut Consumer, out: &mut [u8]) -> Result<()> {
+    spin_pop_until(c, out, None)
+}
+
+/// Spins until the peer answered: gives up at `deadline` (checked every few
+/// thousand spins, so the clock costs nothing measurable).
+fn spin_push_until(p: &mut Producer, msg: &[u8], deadline: Option<Instant>) -> Result<()> {
+    let mut n = 0u32;
     while !p.try_push(&[msg])? {
+        n = n.wrapping_add(1);
+        if n.is_multiple_of(4096) && deadline.is_some_and(|d| Instant::now() > d) {
+            return Err(Error::Handshake("ring peer stopped consuming"));
+        }
         std::hint::spin_loop();
     }
     p.publish();
     Ok(())
 }
 
-fn spin_pop(c: &mut Consumer, out: &mut [u8]) -> Result<()> {
+fn spin_pop_until(c: &mut Consumer, out: &mut [u8], deadline: Option<Instant>) -> Result<()> {
+    let mut n = 0u32;
     loop {
         if c.pop_with(|r| r.read(0, out))?.is_some() {
             c.release();
             return Ok(());
         }
+        n = n.wrapping_add(1);
+        if n.is_multiple_of(4096) && deadline.is_some_and(|d| Instant::now() > d) {
+            return Err(Error::Handshake("ring peer did not answer in time"));
+        }
         std::hint::spin_loop();
+    }
+}
+
+/// Sequence number that ends [`ring_echo`].
+pub const RING_STOP: u64 = u64::MAX;
+
+/// Ping side of a ring ping-pong with another process (e.g. across a PCI
+/// BAR), both spinning: `warmup` pings, then timed ones for `run_for`, then
+/// [`RING_STOP`]. A peer silent for `patience` is an error, never a hang.
+/// Returns the timed round trips; the peer echoed `warmup + len + 1` records.
+pub fn ring_ping(
+    tx: &mut Producer,
+    rx: &mut Consumer,
+    warmup: usize,
+    run_for: Duration,
+    patience: Duration,
+) -> Result<Vec<Duration>> {
+    let mut out = Vec::with_capacity(1 << 16);
+    let mut buf = [0u8; RING_MSG];
+    let mut seq = 0u64;
+    let mut end = (warmup == 0).then(|| Instant::now() + run_for);
+    loop {
+        let stop = end.is_some_and(|e| Instant::now() >= e);
+        let sent = if stop { RING_STOP } else { seq };
+        buf[..8].copy_from_slice(&sent.to_le_bytes());
+        let t = Instant::now();
+        let deadline = Some(t + patience);
+        spin_push_until(tx, &buf, deadline)?;
+        spin_pop_until(rx, &mut buf, deadline)?;
+        let d = t.elapsed();
+        if u64::from_le_bytes(buf[..8].try_into().unwrap_or_default()) != sent {
+            return Err(Error::Protocol("ring ping: echo mismatch"));
+        }
+        if stop {
+            return Ok(out);
+        }
+        if seq as usize >= warmup {
+            out.push(d);
+        } else if seq as usize + 1 == warmup {
+            end = Some(Instant::now() + run_for);
+        }
+        seq += 1;
+    }
+}
+
+/// Echo side of [`ring_ping`]: returns the records echoed, [`RING_STOP`] included.
+pub fn ring_echo(tx: &mut Producer, rx: &mut Consumer, patience: Duration) -> Result<u64> {
+    let mut buf = [0u8; RING_MSG];
+    let mut n = 0u64;
+    loop {
+        spin_pop_until(rx, &mut buf, Some(Instant::now() + patience))?;
+        spin_push_until(tx, &buf, Some(Instant::now() + patience))?;
+        n += 1;
+        if u64::from_le_bytes(buf[..8].try_into().unwrap_or_default()) == RING_STOP {
+            return Ok(n);
+        }
     }
 }
 

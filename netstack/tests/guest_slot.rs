@@ -1,22 +1,24 @@
-//! A slot link across a real ivshmem BAR: a Debian kernel in QEMU (TCG) runs
+//! A slot link across a real ivshmem BAR: a Debian kernel in QEMU (TCG or KVM) runs
 //! `examples/guest_slot`, the DPU end (BAR2 window through sysfs, BAR0
 //! doorbell, MSI-X through vfio-pci); this test is the CPU end
 //! (`ivshmem:<socket>@k/n`, a host peer of a real ivshmem server). It checks a
 //! ping-pong and a checksummed echo transfer, and prints the round-trip times.
 //!
-//! Needs qemu-system-x86_64, cpio, dpkg-deb and gzip, a linux-image deb
-//! (`IVSHMEM_GUEST_KERNEL_DEB`, or `$HETEROPOD_ROOT/qemu/debs/linux-image-*.deb`)
-//! and a static busybox (`IVSHMEM_GUEST_BUSYBOX`, or the one `hack/qemu` caches);
-//! skipped with a message when any is missing.
+//! Needs qemu-system-x86_64, cpio and gzip, and the kernel, modules and
+//! static busybox `hack/qemu/guest.sh build` caches (or a linux-image deb,
+//! `IVSHMEM_GUEST_KERNEL_DEB`, and `IVSHMEM_GUEST_BUSYBOX`; see
+//! `guest_common`); skipped with the reason when any is missing.
 
 mod guest_common;
+#[path = "guest_common/relays.rs"]
+mod relays;
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use guest_common::*;
 use heteronet::{Destination, LinkBuilder, Mux, MuxEvent, MuxEvents, RegionAddr, Side};
+use relays::{in_ns, wait_echo, CpuRelay, Netns};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn next_event(ev: &mut MuxEvents, within: Duration) -> MuxEvent {
@@ -28,18 +30,19 @@ async fn next_event(ev: &mut MuxEvents, within: Duration) -> MuxEvent {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slot_link_across_a_real_ivshmem_bar_carries_checksummed_bytes() {
-    let inp = match inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let inp = match inputs(dir.path(), &VFIO_MODULES, test_examples_dir()) {
         Ok(i) => i,
         Err(why) => {
             eprintln!("SKIP: {why}");
             return;
         }
     };
-    let dir = tempfile::tempdir().unwrap();
-    let (socket, stop) = server(dir.path());
+    eprintln!("guest: kernel {}, accel {}", inp.kernel.source, inp.accel);
+    let (socket, stop) = server(dir.path()).unwrap();
     let run = format!("RUST_LOG=info /guest_slot {BDF} {SLOT} {SLOTS}");
     let programs = [(inp.examples.join("guest_slot"), "guest_slot")];
-    let (kernel, initrd) = build_guest(dir.path(), &inp, &programs, &VFIO_MODULES, &run);
+    let initrd = build_guest(dir.path(), &inp, &programs, &run).unwrap();
 
     // The CPU end first (it creates the slot); the guest's opener retries until then anyway.
     let addr: RegionAddr = format!("ivshmem:{}@{SLOT}/{SLOTS}", socket.display())
@@ -47,8 +50,12 @@ async fn slot_link_across_a_real_ivshmem_bar_carries_checksummed_bytes() {
         .unwrap();
     let listener = LinkBuilder::new(addr).side(Side::Cpu).bind().await.unwrap();
     let (mux, mut events) = Mux::start(listener);
-    let Some((qemu, rx)) = boot(&socket, &kernel, &initrd) else {
-        return;
+    let (qemu, rx) = match boot(&socket, &inp, &initrd) {
+        Ok(q) => q,
+        Err(why) => {
+            eprintln!("SKIP: {why}");
+            return;
+        }
     };
     let lines = tokio::task::spawn_blocking(move || {
         expect_line(&rx, "GUEST-VFIO", BOOT);
@@ -82,8 +89,9 @@ async fn slot_link_across_a_real_ivshmem_bar_carries_checksummed_bytes() {
     drop(s);
     rtt.sort();
     println!(
-        "slot link across the BAR (TCG), 64 B echo through the guest mux, {ROUNDS} rounds: \
+        "slot link across the BAR ({}), 64 B echo through the guest mux, {ROUNDS} rounds: \
          p50 {:.1} us, p99 {:.1} us",
+        inp.accel,
         percentile(&rtt, 50),
         percentile(&rtt, 99)
     );
@@ -160,136 +168,26 @@ async fn slot_link_across_a_real_ivshmem_bar_carries_checksummed_bytes() {
     let _ = stop.send(());
 }
 
-/// A network namespace for the CPU half, deleted on drop.
-struct Netns(String);
-
-impl Netns {
-    fn new() -> Netns {
-        let name = format!("hnt-guest-{}", std::process::id());
-        let _ = Command::new("ip")
-            .args(["netns", "del", &name])
-            .stderr(Stdio::null())
-            .status();
-        sh(&format!(
-            "ip netns add {name} && ip -n {name} link set lo up"
-        ));
-        Netns(name)
-    }
-
-    fn path(&self) -> PathBuf {
-        PathBuf::from(format!("/run/netns/{}", self.0))
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-/// The CPU relay (real binary), killed on drop.
-struct CpuRelay {
-    child: Option<Child>,
-    args: Vec<String>,
-    log: PathBuf,
-}
-
-impl CpuRelay {
-    fn start(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_heteronet"))
-            .args(&self.args)
-            .env("RUST_LOG", "info,heteronet=debug")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for CpuRelay {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-/// In the netns `ns`, on a thread: connects to `addr` until an echo works
-/// (the mirror is up), then runs `f` on the connection.
-fn in_ns<T: Send + 'static>(
-    ns: PathBuf,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> std::thread::JoinHandle<T> {
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&ns).unwrap();
-        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        f()
-    })
-}
-
-fn echo_once(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpStream> {
-    use std::io::{Read, Write};
-    let mut c = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    c.set_read_timeout(Some(Duration::from_secs(30)))?;
-    c.write_all(b"ping")?;
-    let mut b = [0u8; 4];
-    c.read_exact(&mut b)?;
-    if &b != b"ping" {
-        return Err(std::io::Error::other("echo differs"));
-    }
-    Ok(c)
-}
-
-fn wait_echo(addr: std::net::SocketAddr, within: Duration) -> std::net::TcpStream {
-    let end = Instant::now() + within;
-    loop {
-        match echo_once(addr) {
-            Ok(c) => return c,
-            Err(e) => {
-                assert!(Instant::now() < end, "no echo through the relays: {e}");
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_relays_across_a_real_ivshmem_bar_echo_checksummed_bytes() {
-    let inp = match inputs() {
+    const PORT: u16 = 18400;
+    let dir = tempfile::tempdir().unwrap();
+    let inp = match inputs(dir.path(), &RELAY_MODULES, test_examples_dir()) {
         Ok(i) => i,
         Err(why) => {
             eprintln!("SKIP: {why}");
             return;
         }
     };
-    const PORT: u16 = 18400;
-    let dir = tempfile::tempdir().unwrap();
-    let (socket, stop) = server(dir.path());
+    eprintln!("guest: kernel {}, accel {}", inp.kernel.source, inp.accel);
+    let (socket, stop) = server(dir.path()).unwrap();
     let relay = PathBuf::from(env!("CARGO_BIN_EXE_heteronet"));
     let programs = [
         (inp.examples.join("guest_relay"), "guest_relay"),
         (relay, "heteronet"),
     ];
-    let mut modules = VFIO_MODULES.to_vec();
-    modules.extend(["inet_diag", "tcp_diag"]);
     let run = format!("/guest_relay {BDF} {SLOT} {SLOTS} {PORT} /heteronet");
-    let (kernel, initrd) = build_guest(dir.path(), &inp, &programs, &modules, &run);
+    let initrd = build_guest(dir.path(), &inp, &programs, &run).unwrap();
 
     let ns = Netns::new();
     let mut cpu = CpuRelay {
@@ -307,8 +205,12 @@ async fn real_relays_across_a_real_ivshmem_bar_echo_checksummed_bytes() {
         log: dir.path().join("cpu.log"),
     };
     cpu.start();
-    let Some((qemu, rx)) = boot(&socket, &kernel, &initrd) else {
-        return;
+    let (qemu, rx) = match boot(&socket, &inp, &initrd) {
+        Ok(q) => q,
+        Err(why) => {
+            eprintln!("SKIP: {why}");
+            return;
+        }
     };
     let rx = tokio::task::spawn_blocking(move || {
         expect_line(&rx, "GUEST-RELAY", BOOT);
@@ -378,8 +280,9 @@ async fn real_relays_across_a_real_ivshmem_bar_echo_checksummed_bytes() {
     assert!(same, "bytes differ after the round trip");
     rtt.sort();
     println!(
-        "real relays, CPU netns -> host relay -> BAR slot -> guest relay -> guest echo (TCG), \
+        "real relays, CPU netns -> host relay -> BAR slot -> guest relay -> guest echo ({}), \
          64 B ping-pong, {ROUNDS} rounds: p50 {:.1} us, p99 {:.1} us",
+        inp.accel,
         percentile(&rtt, 50),
         percentile(&rtt, 99)
     );
@@ -402,6 +305,76 @@ async fn real_relays_across_a_real_ivshmem_bar_echo_checksummed_bytes() {
     let text = logs(&cpu);
     assert!(text.contains("slot opener attached"), "{text}");
     assert!(!text.contains("panicked"), "{text}");
+    drop(qemu);
+    let _ = stop.send(());
+}
+
+/// The bench's `ring_pci` path, checked for correctness (not timed): the host
+/// creates slot 0 in the server's memory, `guest_slot ring` opens it through
+/// BAR2 and echoes every record, both spinning, until the stop record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bare_ring_ping_pong_across_a_real_ivshmem_bar() {
+    let dir = tempfile::tempdir().unwrap();
+    let inp = match inputs(dir.path(), &VFIO_MODULES, test_examples_dir()) {
+        Ok(i) => i,
+        Err(why) => {
+            eprintln!("SKIP: {why}");
+            return;
+        }
+    };
+    let (socket, stop) = server(dir.path()).unwrap();
+    let programs = [(inp.examples.join("guest_slot"), "guest_slot")];
+    let run = format!("/guest_slot ring {BDF} 0 {SLOTS}");
+    let initrd = build_guest(dir.path(), &inp, &programs, &run).unwrap();
+    let shm = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dir.path().join("shm"))
+        .unwrap();
+    let addr: RegionAddr = format!("ivshmem:{}@0/{SLOTS}", socket.display())
+        .parse()
+        .unwrap();
+    let region =
+        std::sync::Arc::new(heteronet::shm::Region::create_in(&addr, shm, None, 0).unwrap());
+    let mut tx = region.ring(0).unwrap().acquire_producer().unwrap();
+    let mut rx = region.ring(1).unwrap().acquire_consumer().unwrap();
+    let (qemu, lines) = match boot(&socket, &inp, &initrd) {
+        Ok(q) => q,
+        Err(why) => {
+            eprintln!("SKIP: {why}");
+            return;
+        }
+    };
+    let (rtt, lines) = tokio::task::spawn_blocking(move || {
+        expect_line(&lines, "GUEST-RING-READY", BOOT);
+        let rtt = heteronet::bench::ring_ping(
+            &mut tx,
+            &mut rx,
+            100,
+            Duration::from_millis(300),
+            Duration::from_secs(30),
+        )
+        .expect("every ping answered");
+        (rtt, lines)
+    })
+    .await
+    .unwrap();
+    let done = expect_line(&lines, "GUEST-JSON", BOOT);
+    let doc: serde_json::Value = serde_json::from_str(&done["GUEST-JSON ".len()..]).unwrap();
+    assert_eq!(
+        doc["ring_pci"]["echoed"].as_u64(),
+        Some(100 + rtt.len() as u64 + 1),
+        "the guest echoed every record and the stop record: {doc}"
+    );
+    let mut rtt = rtt;
+    rtt.sort();
+    println!(
+        "bare ring across the BAR ({}), both ends spinning, {} pings: p50 {:.2} us, p99 {:.2} us",
+        inp.accel,
+        rtt.len(),
+        percentile(&rtt, 50),
+        percentile(&rtt, 99)
+    );
     drop(qemu);
     let _ = stop.send(());
 }

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod guest_image;
+
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::time::Duration;

@@ -4,7 +4,9 @@
 //! throughput of 64 KiB writes, idle CPU of the relays and RTT under many
 //! concurrent ping-pong streams, for: loopback in one netns, veth between two
 //! netns, a socat TCP -> Unix -> TCP relay, the HeteroNet relay (elastic and
-//! busy-poll) and the bare ring. Prints a table and writes JSON.
+//! busy-poll) and the bare ring; and, with the DPU in a QEMU guest, the ring
+//! across the ivshmem BAR and the relays across it (`guest.rs`). Prints a
+//! table and writes JSON.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -18,6 +20,8 @@ use serde_json::{json, Value};
 
 #[path = "heteronet-bench/cpu.rs"]
 mod cpu;
+#[path = "heteronet-bench/guest.rs"]
+mod guest;
 #[path = "heteronet-bench/measure.rs"]
 mod measure;
 #[path = "heteronet-bench/topo.rs"]
@@ -73,6 +77,12 @@ struct Args {
     /// Only loopback, veth and socat (no relay needed).
     #[arg(long)]
     baselines_only: bool,
+    /// Skip the QEMU guest paths (ring_pci, relay_pci_elastic).
+    #[arg(long)]
+    no_guest: bool,
+    /// Only the QEMU guest paths.
+    #[arg(long)]
+    guest_only: bool,
 }
 
 impl Args {
@@ -124,7 +134,7 @@ fn main() -> Result<()> {
         ),
     ];
     for (name, p) in &paths {
-        if args.cpu_only && *name != "veth" {
+        if args.guest_only || (args.cpu_only && *name != "veth") {
             continue;
         }
         if !args.cpu_only {
@@ -134,7 +144,7 @@ fn main() -> Result<()> {
     }
 
     // socat: TCP in A -> Unix socket -> TCP to the server on B's loopback.
-    if !args.no_socat {
+    if !(args.no_socat || args.guest_only) {
         let unix = format!("/tmp/heteronet-bench-socat-{}.sock", std::process::id());
         let _ = std::fs::remove_file(&unix);
         let _srv = serve(&veth.b.path(), "127.0.0.1:7002".parse()?)?;
@@ -177,7 +187,7 @@ fn main() -> Result<()> {
         let _ = std::fs::remove_file(&unix);
     }
 
-    let relays: &[(&str, &str, &str)] = if args.baselines_only {
+    let relays: &[(&str, &str, &str)] = if args.baselines_only || args.guest_only {
         &[]
     } else {
         &[
@@ -262,8 +272,9 @@ fn main() -> Result<()> {
         }
     }
 
-    let ring = if args.cpu_only { Ok(None) } else { ring_rtt() };
-    match (args.cpu_only, ring) {
+    let skip_ring = args.cpu_only || args.guest_only;
+    let ring = if skip_ring { Ok(None) } else { ring_rtt() };
+    match (skip_ring, ring) {
         (true, _) => {}
         (_, Ok(Some(r))) => {
             rtt.insert("ring", r);
@@ -272,7 +283,15 @@ fn main() -> Result<()> {
         (_, Err(e)) => notes.push(format!("ring: {e:#}")),
     }
 
+    // The BAR paths: one guest boot; a guest that cannot run is a note.
+    let accel = if args.cpu_only || args.baselines_only || args.no_guest {
+        Value::Null
+    } else {
+        guest::measure_into(args.rtt_secs, &mut rtt, &mut notes)
+    };
+
     print_table(&rtt, &tput, &idle, &scale);
+    guest::print_accel(&accel);
     for (mode, m) in &scale_sleeps {
         let v: Vec<String> = ["1", "8", "64", "256"]
             .iter()
@@ -298,8 +317,16 @@ fn main() -> Result<()> {
     for n in &notes {
         println!("note: {n}");
     }
+    let mut rtt_us: serde_json::Map<String, Value> = rtt
+        .iter()
+        .map(|(k, (a, b))| (k.to_string(), json!({"p50": a, "p99": b})))
+        .collect();
+    for k in ["ring_pci", "relay_pci_elastic"] {
+        rtt_us.entry(k).or_insert(Value::Null);
+    }
     let doc = json!({
-        "rtt_us": rtt.iter().map(|(k, (a, b))| (k.to_string(), json!({"p50": a, "p99": b}))).collect::<serde_json::Map<String, Value>>(),
+        "accel": accel,
+        "rtt_us": rtt_us,
         "throughput_gbps": tput,
         "idle_cpu_pct": idle,
         "scale_p99_us": scale,
@@ -340,7 +367,7 @@ fn print_table(
     let veth_t = tput.get("veth").copied().unwrap_or(f64::NAN);
     println!("64-byte echo round trip (client write -> server echo -> client read), microseconds");
     println!(
-        "{:<16} {:>10} {:>10} {:>9} {:>10} {:>9}",
+        "{:<18} {:>10} {:>10} {:>9} {:>10} {:>9}",
         "path", "RTT p50us", "RTT p99us", "p50/veth", "Gbit/s", "tput/veth"
     );
     for name in [
@@ -350,13 +377,15 @@ fn print_table(
         "relay_elastic",
         "relay_busypoll",
         "ring",
+        "ring_pci",
+        "relay_pci_elastic",
     ] {
         let Some((p50, p99)) = rtt.get(name) else {
             continue;
         };
         let t = tput.get(name).copied();
         println!(
-            "{:<16} {:>10.1} {:>10.1} {:>9.2} {:>10} {:>9}",
+            "{:<18} {:>10.1} {:>10.1} {:>9.2} {:>10} {:>9}",
             name,
             p50,
             p99,
