@@ -3,12 +3,15 @@
 # once per runtime handler (runc = the control, heteropod = ours). Both must pass.
 # The private containerd is always torn down at the end (hack/down.sh).
 # Env: HANDLERS="runc heteropod", TEST_THREADS=2, SUITE_TIMEOUT=900 (s per handler),
+#      QEMU_PASS=1 (0 skips the split-Pod pass with the DPU in a QEMU guest),
 #      extra cargo test filter args after `--` on the command line.
 set -uo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
 # shellcheck source=dpu.sh
 source "$(dirname "$0")/dpu.sh"
+# shellcheck source=dpu-qemu.sh
+source "$(dirname "$0")/dpu-qemu.sh"
 
 need_root
 cd "$REPO" || die "cannot cd to $REPO"
@@ -17,6 +20,9 @@ CARGO="${CARGO:-cargo}"
 HANDLERS="${HANDLERS:-runc heteropod}"
 TEST_THREADS="${TEST_THREADS:-2}"
 SUITE_TIMEOUT="${SUITE_TIMEOUT:-900}"
+QEMU_PASS="${QEMU_PASS:-1}"
+# The split-Pod tests the DPU=qemu pass runs (the DPU in a guest).
+QEMU_PASS_TESTS=(--test split_pod --test split_network --test placement)
 LOG_DIR="${CONFORMANCE_LOG_DIR:-$REPO/target/conformance}"
 FILTER=("$@")
 
@@ -46,6 +52,8 @@ count_results() {
 }
 
 declare -a SUMMARY=() DETAIL=()
+# Extra VAR=value settings for the next run_pass.
+declare -a PASS_ENV=()
 status=0
 
 # run_pass NAME HANDLER DPU FAULTS CARGO_TEST_ARGS...: one cargo test run of
@@ -56,7 +64,8 @@ run_pass() {
     local logfile="$LOG_DIR/$name.log" start rc secs passed failed
     log "conformance: $name (handler $handler; log: $logfile)"
     start=$(date +%s)
-    HETEROPOD_DPU="$dpu" HETEROPOD_FAULTS="$faults" DPU_CGROUP_PARENT="$DPU_CGROUP_PARENT" \
+    env "${PASS_ENV[@]}" \
+        HETEROPOD_DPU="$dpu" HETEROPOD_FAULTS="$faults" DPU_CGROUP_PARENT="$DPU_CGROUP_PARENT" \
         HETEROPOD_FORCE_OFFLOAD="${HETEROPOD_FORCE_OFFLOAD:-}" \
         HETEROPOD_HANDLER="$handler" CONTAINERD_ADDRESS="$CONTAINERD_ADDRESS" \
         timeout "$SUITE_TIMEOUT" "$CARGO" test --release --no-fail-fast -p heteropod-conformance \
@@ -99,6 +108,46 @@ for handler in $HANDLERS; do
         run_pass "$handler-faults" "$handler" 1 1 --test faults -- --test-threads=1
     fi
 done
+
+# The split-Pod tests again with the DPU in a QEMU guest (its own kernel,
+# the relays joined through a slot of its ivshmem BAR): the tests check the
+# DPU side through the agent (HETEROPOD_DPU_REMOTE). Skipped, saying why,
+# where QEMU cannot run.
+run_qemu_pass() {
+    local why
+    [[ " $HANDLERS " == *" heteropod "* ]] || return 0
+    if [[ $QEMU_PASS != 1 ]]; then
+        log "conformance: heteropod-qemu skipped (QEMU_PASS=$QEMU_PASS)"
+        return 0
+    fi
+    if ! why="$("$QEMU_GUEST" check 2>&1)"; then
+        warn "conformance: heteropod-qemu SKIPPED: QEMU cannot run here: $why"
+        DETAIL+=("heteropod-qemu: skipped (QEMU cannot run here: $why)")
+        return 0
+    fi
+    if ! (start_qemu_dpu); then
+        status=1
+        DETAIL+=("heteropod-qemu: FAILED: the DPU guest did not start (hack/qemu/guest.sh start)")
+        SUMMARY+=("heteropod-qemu: 0 passed, 1 failed")
+        return 0
+    fi
+    write_qemu_node_config
+    PASS_ENV=(HETEROPOD_DPU_REMOTE=1 "HETEROPOD_DPU_ENDPOINT=$QEMU_DPU_ENDPOINT"
+        "HETEROPOD_IVSHMEM_SLOTS_DIR=$QEMU_STATE/ivshmem-slots"
+        "HETEROPOD_CLI=$CARGO_RELEASE_DIR/heteropod")
+    run_pass "heteropod-qemu" heteropod 1 "" "${QEMU_PASS_TESTS[@]}" \
+        -- --test-threads="$TEST_THREADS" "${FILTER[@]}"
+    # Faults with the DPU in the guest: QEMU killed (hack/dpu-agent.sh kills
+    # and restarts the guest), the CPU relay killed.
+    if ((${#FILTER[@]} == 0)); then
+        run_pass "heteropod-qemu-faults" heteropod 1 1 --test faults -- --test-threads=1
+    fi
+    PASS_ENV=()
+    stop_qemu_dpu
+    [[ $DPU == qemu ]] || write_dpu_node_config
+}
+
+run_qemu_pass
 
 echo
 echo "==> conformance summary"

@@ -3,6 +3,8 @@
 //! These need the heteropod handler and a running DPU agent: they run only
 //! when `HETEROPOD_DPU` is set (hack/run-conformance.sh sets it for the
 //! heteropod handler when the agent runs) and skip with a message otherwise.
+//! With the DPU in a QEMU guest (`HETEROPOD_DPU_REMOTE=1`) what lives on the
+//! DPU is checked through the agent and ExecSync instead of this host.
 
 use std::time::Duration;
 
@@ -67,21 +69,59 @@ async fn dpu_container_logs_execs_exits_in_the_dpu_cgroup() {
             cpuset_line.ends_with(&own),
             "cpuset cgroup {cpuset_line:?}, want {own}"
         );
-        let root = std::path::Path::new("/sys/fs/cgroup/cpuset");
-        let read = |p: &std::path::Path| -> anyhow::Result<String> {
-            Ok(heteropod_conformance::harness::read_to_string(p)?
-                .trim()
-                .to_string())
+        let (dpu_cpus, ctr_cpus, procs) = if dpu::remote() {
+            // The guest's cgroups: the container's own through ExecSync
+            // (runc mounts its cgroup at /sys/fs/cgroup/<controller>), the
+            // DPU's cores from the agent.
+            let cpus = dpu::agent_view().await?.cpus;
+            let own = cri
+                .exec_ok(&c, &["cat", "/sys/fs/cgroup/cpuset/cpuset.cpus"])
+                .await?;
+            let procs = cri
+                .exec_ok(&c, &["cat", "/sys/fs/cgroup/cpuset/cgroup.procs"])
+                .await?;
+            (cpus, own.trim().to_string(), procs.trim().to_string())
+        } else {
+            let root = std::path::Path::new("/sys/fs/cgroup/cpuset");
+            let read = |p: &std::path::Path| -> anyhow::Result<String> {
+                Ok(heteropod_conformance::harness::read_to_string(p)?
+                    .trim()
+                    .to_string())
+            };
+            (
+                read(&root.join(&parent).join("cpuset.cpus"))?,
+                read(&root.join(&parent).join(&c).join("cpuset.cpus"))?,
+                read(&root.join(&parent).join(&c).join("cgroup.procs"))?,
+            )
         };
-        let dpu_cpus = read(&root.join(&parent).join("cpuset.cpus"))?;
-        let ctr_cpus = read(&root.join(&parent).join(&c).join("cpuset.cpus"))?;
         ensure!(!dpu_cpus.is_empty(), "DPU cgroup has no cpuset");
         ensure!(
             ctr_cpus == dpu_cpus,
             "container cpuset {ctr_cpus:?}, DPU {dpu_cpus:?}"
         );
-        let procs = read(&root.join(&parent).join(&c).join("cgroup.procs"))?;
         ensure!(!procs.is_empty(), "no process in the DPU cgroup of {c}");
+
+        // Stats come from the DPU's cgroups (the guest's, in a guest).
+        wait::until(
+            "CPU and memory in ContainerStats",
+            wait::STATE_TIMEOUT,
+            || {
+                let mut cri = cri.clone();
+                let c = c.clone();
+                async move {
+                    let req = heteropod_conformance::cri::ContainerStatsRequest { container_id: c };
+                    let s = cri.runtime.container_stats(req).await?.into_inner().stats;
+                    let s = s.context("no stats")?;
+                    let cpu = s
+                        .cpu
+                        .and_then(|c| c.usage_core_nano_seconds)
+                        .map(|v| v.value);
+                    let mem = s.memory.and_then(|m| m.working_set_bytes).map(|v| v.value);
+                    Ok((cpu.unwrap_or(0) > 0 && mem.unwrap_or(0) > 0).then_some(()))
+                }
+            },
+        )
+        .await?;
 
         cri.exec_ok(&c, &["touch", "/tmp/go"]).await?;
         let st = wait::exited(&cri, &c).await?;
@@ -167,7 +207,11 @@ async fn dpu_container_goes_with_a_killed_shim() {
             .join(dpu::cgroup_parent())
             .join(&c)
             .join("cgroup.procs");
-        ensure!(procs.exists(), "{} missing", procs.display());
+        if dpu::remote() {
+            ensure!(dpu::runs_on_dpu(&c).await?, "{c} is not on the DPU");
+        } else {
+            ensure!(procs.exists(), "{} missing", procs.display());
+        }
         let shims = host::shims_of(&pod.id);
         ensure!(!shims.is_empty(), "no shim for Pod {}", pod.id);
         for s in &shims {
@@ -179,18 +223,27 @@ async fn dpu_container_goes_with_a_killed_shim() {
         // containerd runs `shim delete`, which must remove the DPU container too.
         wait::exited(&cri, &c).await?;
         wait::until("the DPU container to go", LOG_WAIT, || {
-            let procs = procs.clone();
-            async move { Ok((!procs.exists()).then_some(())) }
+            let (procs, c) = (procs.clone(), c.clone());
+            async move {
+                if dpu::remote() {
+                    return Ok((!dpu::runs_on_dpu(&c).await?).then_some(()));
+                }
+                Ok((!procs.exists()).then_some(()))
+            }
         })
         .await?;
-        // ... and both relays of the Pod network and their shared region.
+        // ... and both relays of the Pod network and their shared region
+        // (in a guest: the DPU half, as its agent sees it, and the BAR slot).
         let region: String = format!("heteropod-{}", &pod.id[..16]);
         wait::until("the Pod's relays to go", LOG_WAIT, || {
-            let region = region.clone();
+            let (region, pod_id) = (region.clone(), pod.id.clone());
             async move {
                 let left = host::processes(|args| args.iter().any(|a| a.contains(&region)));
                 let shm = std::path::Path::new("/dev/shm").join(&region);
-                Ok((left.is_empty() && !shm.exists()).then_some(()))
+                let dpu_side_gone = !dpu::remote()
+                    || (!dpu::agent_view().await?.knows_pod(&pod_id)
+                        && dpu::ivshmem_slots_of(&pod_id).is_empty());
+                Ok((left.is_empty() && !shm.exists() && dpu_side_gone).then_some(()))
             }
         })
         .await?;
@@ -381,13 +434,10 @@ async fn a_full_dpu_refuses_a_pinned_container_and_the_node_policy_falls_back_to
                     .resources(bigger_than_the_dpu()),
             )
             .await?;
-        let parent = dpu::cgroup_parent();
         let cgroups = host::cgroups_named(&policy);
         ensure!(!cgroups.is_empty(), "no cgroup for {policy}");
         ensure!(
-            cgroups
-                .iter()
-                .all(|d| !d.to_string_lossy().contains(&parent)),
+            !dpu::runs_on_dpu(&policy).await?,
             "fell back nowhere: {cgroups:?}"
         );
         // One that fits goes to the DPU by the same policy.
@@ -398,9 +448,7 @@ async fn a_full_dpu_refuses_a_pinned_container_and_the_node_policy_falls_back_to
             )
             .await?;
         ensure!(
-            host::cgroups_named(&small)
-                .iter()
-                .any(|d| d.to_string_lossy().contains(&parent)),
+            dpu::runs_on_dpu(&small).await?,
             "hp-infra-small is not on the DPU"
         );
         Ok(())

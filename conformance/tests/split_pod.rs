@@ -1,7 +1,9 @@
 //! One split Pod end to end: traffic both ways between its halves on
 //! 127.0.0.1 and on the Pod IP, `auto` placement, and nothing left on either
 //! side once it is stopped and removed. Needs the heteropod handler and a
-//! DPU agent (HETEROPOD_DPU), like tests/placement.rs.
+//! DPU agent (HETEROPOD_DPU), like tests/placement.rs. With the DPU in a
+//! QEMU guest (HETEROPOD_DPU_REMOTE=1) the DPU side is checked through the
+//! agent, and the sidecar must run on the guest's kernel.
 
 use std::time::Duration;
 
@@ -39,9 +41,23 @@ async fn split_pod_halves_reach_each_other_on_localhost_and_the_pod_ip() {
             )
             .await?;
         ensure!(
-            dpu::runs_on_dpu(&side) && !dpu::runs_on_dpu(&app),
+            dpu::runs_on_dpu(&side).await? && !dpu::runs_on_dpu(&app).await?,
             "placement not split"
         );
+        if dpu::remote() {
+            let host = dpu::host_kernel()?;
+            let (side_release, side_boot) = dpu::kernel_of(&cri, &side).await?;
+            ensure!(
+                side_release != host.0 && side_boot != host.1,
+                "the sidecar runs on the host's kernel {} (boot id {})",
+                host.0,
+                host.1
+            );
+            ensure!(
+                dpu::kernel_of(&cri, &app).await? == host,
+                "the app is not on the host's kernel"
+            );
+        }
         let ip = net::pod_ip(&ctx.cri().pod_status(&pod.id).await?)?;
         for host in ["127.0.0.1".to_string(), ip.to_string()] {
             dpu::wget_until(
@@ -93,12 +109,18 @@ async fn auto_placement_offloads_infrastructure_that_frees_cpu_and_fits() {
         let app = ctx
             .run_container(&pod, sleeper("app").resources(sized))
             .await?;
-        ensure!(dpu::runs_on_dpu(&infra), "hp-infra-proxy was not offloaded");
         ensure!(
-            !dpu::runs_on_dpu(&unsized_infra),
+            dpu::runs_on_dpu(&infra).await?,
+            "hp-infra-proxy was not offloaded"
+        );
+        ensure!(
+            !dpu::runs_on_dpu(&unsized_infra).await?,
             "hp-infra-idle was offloaded"
         );
-        ensure!(!dpu::runs_on_dpu(&app), "the application was offloaded");
+        ensure!(
+            !dpu::runs_on_dpu(&app).await?,
+            "the application was offloaded"
+        );
         Ok(())
     })
     .await;
@@ -129,10 +151,23 @@ async fn stopped_and_removed_split_pod_leaves_nothing_on_either_side() {
             !host::processes(|a| a.iter().any(|x| x.contains(&region))).is_empty(),
             "no relay ran for the split Pod"
         );
-        ensure!(
-            !host::mounts_mentioning(&pod.id).is_empty(),
-            "no DPU half netns"
-        );
+        if dpu::remote() {
+            let agent = dpu::agent_view().await?;
+            ensure!(agent.runs_on_dpu(&side), "the agent does not run {side}");
+            ensure!(
+                agent.pod_networks.contains(&pod.id),
+                "the agent holds no DPU half: {agent:?}"
+            );
+            ensure!(
+                !dpu::ivshmem_slots_of(&pod.id).is_empty(),
+                "no ivshmem slot leased for the Pod"
+            );
+        } else {
+            ensure!(
+                !host::mounts_mentioning(&pod.id).is_empty(),
+                "no DPU half netns"
+            );
+        }
         for id in [&side, &app] {
             cri.stop_container(id, 0).await?;
             cri.remove_container(id).await?;
@@ -156,6 +191,13 @@ async fn stopped_and_removed_split_pod_leaves_nothing_on_either_side() {
             ensure!(procs.is_empty(), "processes left: {procs:?}");
         }
         ensure!(host::shims_of(&pod.id).is_empty(), "shim left");
+        if dpu::remote() {
+            // The guest's side: containers, netns and relay, as its agent sees them.
+            let agent = dpu::agent_view().await?;
+            ensure!(!agent.knows_pod(&pod.id), "left on the DPU: {agent:?}");
+            let slots = dpu::ivshmem_slots_of(&pod.id);
+            ensure!(slots.is_empty(), "ivshmem slots still leased: {slots:?}");
+        }
         Ok(())
     })
     .await;

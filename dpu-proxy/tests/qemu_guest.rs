@@ -175,3 +175,189 @@ async fn containers_run_on_the_guest_kernel_over_tcp() {
     );
     progress(t0, "done");
 }
+
+/// A stand-in for the DPU relay, run by the agent in the guest: records its
+/// arguments and what its `--irq-fds` descriptors are, then reports each
+/// interrupt it reads from them into the (writable) share. Its first run
+/// exits after both interrupts, so the agent has to restart it.
+fn fake_relay(share: &Path) -> String {
+    format!(
+        r#"#!/bin/sh
+netns=""; fds=""
+while [ $# -gt 0 ]; do
+    case $1 in
+    --netns) netns=$2; shift ;;
+    --irq-fds) fds=$2; shift ;;
+    esac
+    shift
+done
+out={share}/relay-${{netns##*/}}
+run=$(( $(cat "$out.runs" 2>/dev/null || echo 0) + 1 ))
+echo "$run" >"$out.runs"
+data=${{fds%,*}}; space=${{fds#*,}}
+echo "$(readlink /proc/$$/fd/$data) $(readlink /proc/$$/fd/$space) $fds" >"$out.fds.$run"
+# The eventfds are non-blocking: poll them.
+until head -c 8 <&$data >/dev/null 2>&1; do sleep 0.05; done
+echo "run $run data" >>"$out.irq"
+until head -c 8 <&$space >/dev/null 2>&1; do sleep 0.05; done
+echo "run $run space" >>"$out.irq"
+[ "$run" = 1 ] && exit 0
+exec sleep 100000
+"#,
+        share = share.display()
+    )
+}
+
+async fn wait_for_file(path: &Path, needle: &str, guest: &Guest) -> String {
+    let t0 = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            t0.elapsed() < GUEST_TIMEOUT,
+            "{} never said {needle:?} (has {text:?})\nconsole:\n{}",
+            path.display(),
+            guest.console()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn pod_network(pod: &str, region: &str) -> heteropod_dpu_proxy::client::CreatePodNetworkRequest {
+    heteropod_dpu_proxy::client::CreatePodNetworkRequest {
+        pod_id: pod.into(),
+        pod_ip: "10.88.0.5/24".into(),
+        region: region.into(),
+        rendezvous: String::new(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pci_pod_networks_get_their_slots_msix_eventfds_from_the_agent() {
+    if let Some(why) = skip_reason() {
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    if !qemu::IVSHMEM_SERVER.exists() {
+        eprintln!(
+            "SKIP: {} not built (cargo build --release -p heteropod-ivshmem)",
+            qemu::IVSHMEM_SERVER.display()
+        );
+        return;
+    }
+    let t0 = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let relay = dir.path().join("fake-relay");
+    let probe = Guest::new("pci-probe");
+    std::fs::write(&relay, fake_relay(&probe.share())).unwrap();
+    std::fs::set_permissions(&relay, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let relay = relay.display().to_string();
+    // Same state dir as `probe` (the script names its share), our relay.
+    drop(probe);
+    let guest = Guest::with_env(
+        "pci-probe",
+        &[("QEMU_RELAY_BIN", &relay), ("QEMU_SHARE_RW", "1")],
+    );
+    progress(t0, "building and booting the guest with its ivshmem device");
+    guest.must("build");
+    guest.must("start");
+    let settings = guest.settings();
+    assert_eq!(settings["QEMU_IVSHMEM"], "1");
+    assert!(
+        guest.console().contains("bound to vfio-pci"),
+        "console:\n{}",
+        guest.console()
+    );
+    let socket = std::path::PathBuf::from(&settings["QEMU_IVSHMEM_SOCKET"]);
+    let slots: u16 = settings["QEMU_IVSHMEM_SLOTS"].parse().unwrap();
+    let host = heteropod_ivshmem::Client::connect(&socket, 2 * slots)
+        .await
+        .unwrap();
+    let peers = host.peers();
+    let qemu = peers
+        .iter()
+        .find(|p| p.vectors == usize::from(2 * slots))
+        .unwrap_or_else(|| panic!("QEMU is not a peer: {peers:?}"))
+        .id;
+
+    let agent = AgentClient::connect(&guest.endpoint()).await.unwrap();
+    let bar = &settings["QEMU_GUEST_BAR"];
+    let region = format!("{bar}@3/{slots}");
+    progress(t0, &format!("CreatePodNetwork on {region}"));
+    let r = agent
+        .create_pod_network(pod_network("pod-a", &region))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\nconsole:\n{}", guest.console()));
+    assert!(r.relay_pid > 0);
+    let out = guest.share().join("relay-pod-a");
+    let fds = wait_for_file(&out.with_extension("fds.1"), "eventfd", &guest).await;
+    let kinds: Vec<&str> = fds.split_whitespace().take(2).collect();
+    assert_eq!(kinds, ["anon_inode:[eventfd]"; 2], "{fds}");
+
+    // Another Pod cannot have the same slot; a free one it can.
+    match agent
+        .create_pod_network(pod_network("pod-b", &region))
+        .await
+    {
+        Err(Error::AlreadyExists(m)) => assert!(m.contains("pod-a"), "{m}"),
+        other => panic!("slot 3 given twice: {other:?}"),
+    }
+    match agent
+        .create_pod_network(pod_network("pod-c", &format!("{bar}@4/{}", slots + 1)))
+        .await
+    {
+        Err(Error::InvalidArgument(m)) => assert!(m.contains("slots"), "{m}"),
+        other => panic!("a different slot count accepted: {other:?}"),
+    }
+
+    progress(t0, "host rings the guest's vectors 6 and 7 (slot 3)");
+    host.ring(qemu, 6).unwrap();
+    wait_for_file(&out.with_extension("irq"), "run 1 data", &guest).await;
+    host.ring(qemu, 7).unwrap();
+    wait_for_file(&out.with_extension("irq"), "run 1 space", &guest).await;
+    progress(
+        t0,
+        "the relay exited: the agent restarts it with the slot's eventfds",
+    );
+    wait_for_file(&out.with_extension("fds.2"), "eventfd", &guest).await;
+    host.ring(qemu, 6).unwrap();
+    wait_for_file(&out.with_extension("irq"), "run 2 data", &guest).await;
+    let nets = agent.list_pod_networks().await.unwrap();
+    assert_eq!(nets.len(), 1, "{nets:?}");
+    assert_eq!(nets[0].region, region);
+    assert_eq!(nets[0].relay_restarts, 1);
+
+    progress(t0, "DestroyPodNetwork frees the slot");
+    agent.destroy_pod_network("pod-a").await.unwrap();
+    agent
+        .create_pod_network(pod_network("pod-b", &region))
+        .await
+        .unwrap();
+    agent.destroy_pod_network("pod-b").await.unwrap();
+    assert!(agent.list_pod_networks().await.unwrap().is_empty());
+
+    progress(t0, "stopping the guest and its ivshmem server");
+    drop(agent);
+    drop(host);
+    guest.must("stop");
+    assert!(guest.qemu_pids().is_empty(), "QEMU still runs");
+    assert!(!socket.exists(), "{} left", socket.display());
+    assert!(
+        !Path::new(&settings["QEMU_IVSHMEM_SHM"]).exists(),
+        "shared memory file left"
+    );
+    let needle = socket.display().to_string();
+    let servers = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle))
+        })
+        .count();
+    assert_eq!(servers, 0, "the ivshmem server still runs");
+    progress(t0, "done");
+}

@@ -37,10 +37,12 @@ QEMU_ACCEL="${QEMU_ACCEL:-}"
 QEMU_KERNEL_PKG="${QEMU_KERNEL_PKG:-}"
 # Then iptables (nft backend) for the DPU relay's egress capture
 # (crc32c_generic: libcrc32c's soft dependency), and the socket diagnostics
-# the relay lists listeners with.
+# the relay lists listeners with; vfio-pci (and its type1 IOMMU backend)
+# for the ivshmem device's MSI-X interrupts.
 QEMU_MODULES="${QEMU_MODULES:-virtio_pci virtio_net virtio_console 9pnet_virtio 9p veth dummy \
 crc32c_generic nf_tables nft_compat nft_chain_nat xt_REDIRECT xt_mark xt_addrtype xt_tcpudp \
-tcp_diag udp_diag}"
+tcp_diag udp_diag \
+vfio_pci vfio_iommu_type1}"
 QEMU_PROXY_BIN="${QEMU_PROXY_BIN:-$CARGO_RELEASE_DIR/heteropod-dpu-proxy}"
 QEMU_RELAY_BIN="${QEMU_RELAY_BIN:-$CARGO_RELEASE_DIR/heteronet}"
 # Host tools the agent runs in the guest (with their libraries).
@@ -49,6 +51,8 @@ QEMU_LOG_LEVEL="${QEMU_LOG_LEVEL:-info}"
 
 # shellcheck source=build.sh
 source "$(dirname "$0")/build.sh"
+# shellcheck source=ivshmem.sh
+source "$(dirname "$0")/ivshmem.sh"
 # shellcheck source=vm.sh
 source "$(dirname "$0")/vm.sh"
 
@@ -67,7 +71,11 @@ print_env() {
         "QEMU_SHARE_RW=$QEMU_SHARE_RW" "QEMU_EXTRA_SHARES=$QEMU_EXTRA_SHARES" "QEMU_CGROUP_PARENT=$QEMU_CGROUP_PARENT" \
         "QEMU_AGENT_PORT=$QEMU_AGENT_PORT" "QEMU_AGENT_ENDPOINT=tcp://127.0.0.1:$QEMU_AGENT_PORT" \
         "QEMU_BUSYBOX=$busybox" "QEMU_CONSOLE=$QEMU_CONSOLE" \
-        "QEMU_KERNEL_RELEASE=$(cat "$QEMU_STATE/kernel" 2>/dev/null)"
+        "QEMU_KERNEL_RELEASE=$(cat "$QEMU_STATE/kernel" 2>/dev/null)" \
+        "QEMU_IVSHMEM=$QEMU_IVSHMEM" "QEMU_IVSHMEM_SOCKET=$QEMU_IVSHMEM_SOCKET" \
+        "QEMU_IVSHMEM_SHM=$QEMU_IVSHMEM_SHM" "QEMU_IVSHMEM_SIZE=$QEMU_IVSHMEM_SIZE" \
+        "QEMU_IVSHMEM_SLOTS=$QEMU_IVSHMEM_SLOTS" "QEMU_IVSHMEM_BDF=$QEMU_IVSHMEM_BDF" \
+        "QEMU_GUEST_BAR=pci:$QEMU_IVSHMEM_BDF/2"
 }
 
 # Exit 3 with the reason when QEMU cannot run at all here (as root, first

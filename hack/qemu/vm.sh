@@ -157,6 +157,7 @@ kernel_cmdline() {
         "$QEMU_AGENT_PORT" "$QEMU_SHARE" "$(share_rw)" "$QEMU_DPU_MEMORY" "$QEMU_LOG_LEVEL" "$QEMU_CGROUP_PARENT"
     shares="$(extra_shares | paste -sd, -)"
     [[ -z $shares ]] || printf ' hp.shares=%s' "$shares"
+    ivshmem_cmdline
 }
 
 # 1 when the guest may write to $QEMU_SHARE, else 0.
@@ -187,11 +188,13 @@ extra_share_args() {
 # Run in a subshell (it execs QEMU): without our lock or a caller's pipe.
 launch_qemu() {
     local accel=$1
-    local -a args extra
+    local -a args extra ivs
     mapfile -t args < <(qemu_base_args "$accel" "$QEMU_CONSOLE")
     mapfile -t extra < <(extra_share_args)
+    # First: intel-iommu must come before the devices it translates for.
+    mapfile -t ivs < <(ivshmem_qemu_args)
     close_inherited_fds
-    exec qemu-system-x86_64 "${args[@]}" -monitor none -daemonize -pidfile "$QEMU_PIDFILE" \
+    exec qemu-system-x86_64 "${args[@]}" "${ivs[@]}" -monitor none -daemonize -pidfile "$QEMU_PIDFILE" \
         -append "$(kernel_cmdline)" \
         -netdev "user,id=n0,hostfwd=tcp:127.0.0.1:$QEMU_AGENT_PORT-:$QEMU_AGENT_PORT" \
         -device virtio-net-pci,netdev=n0 \
@@ -226,6 +229,7 @@ check_settings() {
     [[ $QEMU_AGENT_PORT =~ ^[0-9]+$ ]] || die "QEMU_AGENT_PORT=$QEMU_AGENT_PORT is not a port"
     [[ $QEMU_CGROUP_PARENT =~ ^[A-Za-z0-9._-]+$ ]] ||
         die "QEMU_CGROUP_PARENT=$QEMU_CGROUP_PARENT: want one cgroup name"
+    check_ivshmem_settings
 }
 
 # Waits for the agent; dies with the console's tail if QEMU exits or time runs out.
@@ -262,12 +266,17 @@ start_guest() {
     mkdir -p "$QEMU_STATE" "$QEMU_SHARE"
     extra_shares | xargs -r -d '\n' mkdir -p
     stage_sysroot
+    # A server left by a guest that died on its own goes first: QEMU's
+    # ivshmem peer id and the shared memory start fresh with the guest.
+    stop_ivshmem_server
+    start_ivshmem_server
     printf '%s\n' "${accel[0]}" >"$QEMU_STATE/accel"
     printf '%s\n' "$GUEST_KVER" >"$QEMU_STATE/kernel"
     log "booting the DPU guest: kernel $GUEST_KVER, accel ${accel[0]}, ${QEMU_CPUS} cpu(s), $QEMU_MEM (console: $QEMU_CONSOLE)"
     t0=$(date +%s.%N)
-    (launch_qemu "${accel[0]}") || { cat "$QEMU_STATE/qemu.log" >&2; die "QEMU did not start"; }
-    pid="$(qemu_pid)" || die "QEMU wrote no pidfile (log: $QEMU_STATE/qemu.log)"
+    (launch_qemu "${accel[0]}") ||
+        { cat "$QEMU_STATE/qemu.log" >&2; stop_ivshmem_server; die "QEMU did not start"; }
+    pid="$(qemu_pid)" || { stop_ivshmem_server; die "QEMU wrote no pidfile (log: $QEMU_STATE/qemu.log)"; }
     wait_ready "$pid"
     log "DPU guest ready: agent on tcp://127.0.0.1:$QEMU_AGENT_PORT after $(elapsed "$t0")s (pid $pid, accel ${accel[0]})"
 }
@@ -305,6 +314,8 @@ stop_guest() {
             wait_gone "$pid" 50 || warn "QEMU (pid $pid) is still there"
         fi
     fi
+    # After QEMU: the server outlives its last peer without harm.
+    stop_ivshmem_server
     rm -rf --one-file-system "$QEMU_STATE"
     return 0
 }

@@ -50,6 +50,10 @@ fn main() -> Result<()> {
         anyhow::bail!("usage: guest_relay <bdf> <k> <n> <port> <heteronet>");
     };
     let (k, n): (u16, u32) = (k.parse()?, n.parse()?);
+    // One descriptor per echoed connection (the tests open 1,000 at once).
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
     let irqs = VfioInterrupts::open(bdf, 2 * n)?;
     println!("GUEST-VFIO {} vectors", irqs.vectors());
     // dup() leaves close-on-exec clear: the relay inherits these two.

@@ -59,6 +59,29 @@ pub struct DpuConfig {
     /// Where DPU containers and Pod network halves that could not be removed
     /// (agent unreachable) are recorded, to be removed once it answers again.
     pub orphans_dir: String,
+    /// What joins the two relays of a split Pod: a shared memory file on
+    /// this host (`shm`, the emulated DPU) or a slot of the ivshmem BAR of a
+    /// DPU in a QEMU guest (`ivshmem`).
+    pub link: LinkKind,
+    /// `link = "ivshmem"`: the heteropod-ivshmem-server socket the CPU relays
+    /// join as peers. Slot leases live in `ivshmem-slots/` beside it.
+    pub ivshmem_socket: String,
+    /// `link = "ivshmem"`: how many equal windows the BAR is cut into (one
+    /// split Pod each); must match the server's vectors (two per slot).
+    pub ivshmem_slots: u16,
+    /// `link = "ivshmem"`: the BAR as the DPU side maps it, `pci:<bdf>/<bar>`.
+    pub guest_bar: String,
+}
+
+/// What a split Pod's relays share.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkKind {
+    /// A region file in /dev/shm and a rendezvous socket (one kernel).
+    #[default]
+    Shm,
+    /// A slot of a QEMU ivshmem-doorbell BAR (the DPU in a guest).
+    Ivshmem,
 }
 
 impl Default for DpuConfig {
@@ -71,7 +94,43 @@ impl Default for DpuConfig {
             relay: "heteronet".into(),
             lost_after_secs: 10,
             orphans_dir: "/run/heteropod/dpu-orphans".into(),
+            link: LinkKind::Shm,
+            ivshmem_socket: "/run/heteropod/qemu/ivshmem.sock".into(),
+            ivshmem_slots: 8,
+            guest_bar: "pci:0000:00:04.0/2".into(),
         }
+    }
+}
+
+impl DpuConfig {
+    /// The `link = "ivshmem"` keys, checked before any Pod needs them.
+    fn validate_ivshmem(&self) -> std::result::Result<(), String> {
+        if !self.ivshmem_socket.starts_with('/') {
+            return Err(format!(
+                "dpu.ivshmem_socket {:?} must be absolute",
+                self.ivshmem_socket
+            ));
+        }
+        if !(1..=128).contains(&self.ivshmem_slots) {
+            return Err(format!(
+                "dpu.ivshmem_slots {} must be 1..=128",
+                self.ivshmem_slots
+            ));
+        }
+        let bar_ok = self
+            .guest_bar
+            .strip_prefix("pci:")
+            .and_then(|rest| rest.rsplit_once('/'))
+            .is_some_and(|(bdf, bar)| {
+                bdf.len() == 12 && !bdf.contains('@') && bar.len() == 1 && bar.as_bytes()[0] <= b'5'
+            });
+        if !bar_ok {
+            return Err(format!(
+                "dpu.guest_bar {:?}: want pci:<dddd:bb:dd.f>/<bar>, e.g. pci:0000:00:04.0/2",
+                self.guest_bar
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -157,6 +216,9 @@ impl Config {
                 self.dpu.orphans_dir
             )));
         }
+        if self.dpu.link == LinkKind::Ivshmem {
+            self.dpu.validate_ivshmem().map_err(bad)?;
+        }
         if !self.runc.root.starts_with('/') {
             return Err(bad(format!(
                 "runc.root {:?} must be absolute",
@@ -231,6 +293,41 @@ mod tests {
         assert!(Config::parse("[runc]\nroot = \"relative\"", "cfg").is_err());
         assert!(Config::parse("[runc]\nbinary = \"\"", "cfg").is_err());
         assert!(Config::parse("[dpu]\ncores = \"two\"", "cfg").is_err());
+    }
+
+    #[test]
+    fn ivshmem_link_keys_are_read() {
+        let text = r#"
+            [dpu]
+            link = "ivshmem"
+            ivshmem_socket = "/run/x/qemu/ivshmem.sock"
+            ivshmem_slots = 4
+            guest_bar = "pci:0000:00:05.0/2"
+        "#;
+        let sut = Config::parse(text, "test").unwrap();
+        assert_eq!(sut.dpu.link, LinkKind::Ivshmem);
+        assert_eq!(sut.dpu.ivshmem_socket, "/run/x/qemu/ivshmem.sock");
+        assert_eq!(sut.dpu.ivshmem_slots, 4);
+        assert_eq!(sut.dpu.guest_bar, "pci:0000:00:05.0/2");
+        assert_eq!(Config::default().dpu.link, LinkKind::Shm);
+    }
+
+    #[test]
+    fn bad_ivshmem_link_keys_are_rejected() {
+        for bad in [
+            "link = \"bar\"",
+            "link = \"ivshmem\"\nivshmem_socket = \"rel.sock\"",
+            "link = \"ivshmem\"\nivshmem_slots = 0",
+            "link = \"ivshmem\"\nivshmem_slots = 1000",
+            "link = \"ivshmem\"\nguest_bar = \"shm:/x\"",
+            "link = \"ivshmem\"\nguest_bar = \"pci:0000:00:04.0/2@1/8\"",
+            "link = \"ivshmem\"\nguest_bar = \"pci:0000:00:04.0/7\"",
+        ] {
+            let err = Config::parse(&format!("[dpu]\n{bad}\n"), "cfg");
+            assert!(err.is_err(), "{bad} accepted");
+        }
+        // Unused keys of another link kind are not checked.
+        assert!(Config::parse("[dpu]\nguest_bar = \"x\"\n", "cfg").is_ok());
     }
 
     #[test]

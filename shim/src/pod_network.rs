@@ -2,7 +2,10 @@
 //! half a netns the agent makes with the same Pod IP. One `heteronet` relay
 //! per half joins them through a shared region. Set up when the Pod's first
 //! container lands on the DPU (Pods without one pay nothing), torn down with
-//! the sandbox.
+//! the sandbox. With a DPU in a QEMU guest (`[dpu] link = "ivshmem"`) the
+//! region is a slot of the guest's ivshmem BAR, leased per Pod.
+
+mod ivshmem_slots;
 
 use std::{
     path::{Path, PathBuf},
@@ -14,10 +17,11 @@ use heteropod_dpu_proxy::{client::CreatePodNetworkRequest, AgentClient, DpuAgent
 use serde::{Deserialize, Serialize};
 use tokio::process::Command;
 
+use self::ivshmem_slots::SlotLease;
 use crate::{
     backend::orphans::{self, Orphan},
     bundle::BundleSpec,
-    config::{Config, DpuConfig},
+    config::{Config, DpuConfig, LinkKind},
     error::{Error, Result},
     io::remove_quietly,
     placement,
@@ -44,7 +48,12 @@ pub struct PodNetworkSpec {
     pub cpu_netns: String,
     /// CIDR form, e.g. `10.77.0.5/16`.
     pub pod_ip: String,
+    /// The CPU relay's region.
     pub region: String,
+    /// The DPU relay's region: the same for `shm:`, the guest's view of
+    /// the BAR slot (`pci:...@k/n`) for an ivshmem link.
+    pub agent_region: String,
+    /// Empty for an ivshmem link (no Unix socket reaches the guest).
     pub rendezvous: String,
     /// Where the CPU relay serves its counters (JSON).
     pub stats_socket: String,
@@ -56,15 +65,25 @@ impl PodNetworkSpec {
     pub fn new(pod_id: &str, cpu_netns: &str, pod_ip: &str) -> PodNetworkSpec {
         // Short and unique enough per node; shm names are plain file names.
         let short: String = pod_id.chars().take(16).collect();
+        let region = format!("shm:/heteropod-{short}");
         PodNetworkSpec {
             pod_id: pod_id.to_string(),
             cpu_netns: cpu_netns.to_string(),
             pod_ip: pod_ip.to_string(),
-            region: format!("shm:/heteropod-{short}"),
+            agent_region: region.clone(),
+            region,
             rendezvous: format!("/dev/shm/heteropod-{short}.sock"),
             stats_socket: format!("/dev/shm/heteropod-{short}.stats.sock"),
             udp_forward: Vec::new(),
         }
+    }
+
+    /// The link through BAR slot `lease` of the guest's ivshmem device: the
+    /// CPU relay joins the server as a peer, the DPU relay maps the BAR.
+    pub fn use_ivshmem(&mut self, dpu: &DpuConfig, lease: &SlotLease) {
+        self.region = lease.window(&format!("ivshmem:{}", dpu.ivshmem_socket));
+        self.agent_region = lease.window(&dpu.guest_bar);
+        self.rendezvous = String::new();
     }
 }
 
@@ -79,6 +98,8 @@ pub struct PodNetwork {
     /// up to date with the relay's pid.
     marker: Arc<Mutex<Option<(PathBuf, Marker)>>>,
     orphans_dir: PathBuf,
+    /// The BAR slot of an ivshmem link, freed with the network.
+    slot: Option<SlotLease>,
 }
 
 fn write_marker(path: &Path, marker: &Marker) {
@@ -120,7 +141,26 @@ pub async fn dpu_half(
         let text = std::fs::read_to_string(path).unwrap_or_default();
         net_spec.udp_forward = dns_servers(&text);
     }
-    let net = PodNetwork::create(&config.dpu, &net_spec).await?;
+    let lease = match config.dpu.link {
+        LinkKind::Shm => None,
+        LinkKind::Ivshmem => Some(SlotLease::acquire(
+            &ivshmem_slots::slots_dir(&config.dpu.ivshmem_socket),
+            config.dpu.ivshmem_slots,
+            pod_id,
+        )?),
+    };
+    if let Some(lease) = &lease {
+        net_spec.use_ivshmem(&config.dpu, lease);
+    }
+    let net = match PodNetwork::create(&config.dpu, &net_spec, lease.clone()).await {
+        Ok(net) => net,
+        Err(e) => {
+            if let Some(lease) = &lease {
+                lease.release();
+            }
+            return Err(e);
+        }
+    };
     if let Some(bundle) = sandbox_bundle {
         let marker = Marker {
             endpoint: config.dpu.endpoint.clone(),
@@ -175,12 +215,19 @@ pub async fn cleanup(bundle: &Path) -> Result<()> {
         let file = Path::new("/dev/shm").join(name);
         remove_quietly(&file);
         remove_quietly(&file.with_extension("sock"));
-        remove_quietly(&file.with_extension("stats.sock"));
     }
+    remove_quietly(Path::new(
+        &PodNetworkSpec::new(&marker.pod_id, "", "").stats_socket,
+    ));
+    let lease = ivshmem_slots::lease_of_region(&marker.region, &marker.pod_id);
     let agent = AgentClient::connect(&marker.endpoint).await?;
     match agent.destroy_pod_network(&marker.pod_id).await {
         Ok(()) | Err(heteropod_dpu_proxy::Error::NotFound(_)) => {}
         Err(e) => return Err(e.into()),
+    }
+    // After the DPU half: its relay no longer uses the slot.
+    if let Some(lease) = lease {
+        lease.release();
     }
     remove_quietly(&path);
     Ok(())
@@ -233,7 +280,13 @@ fn parse_pod_ip(text: &str) -> Option<String> {
 impl PodNetwork {
     /// Starts the CPU relay (it creates the region), then asks the agent for
     /// the DPU half (which starts the DPU relay).
-    pub async fn create(dpu: &DpuConfig, spec: &PodNetworkSpec) -> Result<Self> {
+    /// `slot` is the BAR slot of an ivshmem link (the caller frees it if
+    /// this fails).
+    pub async fn create(
+        dpu: &DpuConfig,
+        spec: &PodNetworkSpec,
+        slot: Option<SlotLease>,
+    ) -> Result<Self> {
         let (endpoint, relay_bin) = (dpu.endpoint.as_str(), dpu.relay.as_str());
         let agent = AgentClient::connect(endpoint).await.map_err(|e| {
             Error::FailedPrecondition(format!(
@@ -247,21 +300,9 @@ impl PodNetwork {
         let relay = if relay_bin.is_empty() {
             None
         } else {
-            let ip = spec.pod_ip.split('/').next().unwrap_or_default();
-            let args = [
-                ("--side", "cpu"),
-                ("--netns", &spec.cpu_netns),
-                ("--region", &spec.region),
-                ("--rendezvous", &spec.rendezvous),
-                ("--pod-ip", ip),
-                ("--stats-socket", &spec.stats_socket),
-            ];
             let cmd = RelayCommand {
                 bin: relay_bin.to_string(),
-                args: args
-                    .iter()
-                    .flat_map(|(k, v)| [k.to_string(), v.to_string()])
-                    .collect(),
+                args: cpu_relay_args(spec),
             };
             let marker = marker.clone();
             // A restarted relay has a new pid; `shim delete` must find it.
@@ -276,7 +317,7 @@ impl PodNetwork {
         let req = CreatePodNetworkRequest {
             pod_id: spec.pod_id.clone(),
             pod_ip: spec.pod_ip.clone(),
-            region: spec.region.clone(),
+            region: spec.agent_region.clone(),
             rendezvous: spec.rendezvous.clone(),
             udp_forward: spec.udp_forward.clone(),
             ..Default::default()
@@ -288,6 +329,7 @@ impl PodNetwork {
             agent,
             marker,
             orphans_dir: PathBuf::from(&dpu.orphans_dir),
+            slot,
         };
         match net.agent.create_pod_network(req).await {
             Ok(r) => {
@@ -328,10 +370,30 @@ impl PodNetwork {
             Err(e) => tracing::warn!(pod = %self.pod_id, "destroy the DPU half: {e}"),
         }
         self.stop_relay().await;
+        if let Some(slot) = self.slot.take() {
+            slot.release();
+        }
         if let Some((path, _)) = self.marker.lock().unwrap_or_else(|e| e.into_inner()).take() {
             remove_quietly(&path);
         }
     }
+}
+
+/// The CPU relay's command line (an ivshmem link has no rendezvous).
+fn cpu_relay_args(spec: &PodNetworkSpec) -> Vec<String> {
+    let ip = spec.pod_ip.split('/').next().unwrap_or_default();
+    let mut args = vec![
+        ("--side", "cpu"),
+        ("--netns", &spec.cpu_netns),
+        ("--region", &spec.region),
+    ];
+    if !spec.rendezvous.is_empty() {
+        args.push(("--rendezvous", &spec.rendezvous));
+    }
+    args.extend([("--pod-ip", ip), ("--stats-socket", &spec.stats_socket)]);
+    args.iter()
+        .flat_map(|(k, v)| [k.to_string(), v.to_string()])
+        .collect()
 }
 
 #[cfg(test)]
@@ -366,5 +428,48 @@ mod tests {
         let sut = PodNetworkSpec::new("0123456789abcdef0123", "/run/netns/x", "10.0.0.1/8");
         assert_eq!(sut.region, "shm:/heteropod-0123456789abcdef");
         assert_eq!(sut.rendezvous, "/dev/shm/heteropod-0123456789abcdef.sock");
+        assert_eq!(sut.agent_region, sut.region);
+        assert!(cpu_relay_args(&sut).contains(&"--rendezvous".to_string()));
+    }
+
+    #[test]
+    fn an_ivshmem_link_uses_the_leased_slot_on_both_sides() {
+        let dir = tempfile::tempdir().unwrap();
+        let dpu = DpuConfig {
+            link: LinkKind::Ivshmem,
+            ivshmem_socket: "/run/hp/qemu/ivshmem.sock".into(),
+            ..Default::default()
+        };
+        SlotLease::acquire(dir.path(), 8, "other-pod").unwrap();
+        let lease = SlotLease::acquire(dir.path(), 8, "pod").unwrap();
+        let mut sut = PodNetworkSpec::new("pod", "/run/netns/x", "10.0.0.1/8");
+        sut.use_ivshmem(&dpu, &lease);
+        assert_eq!(sut.region, "ivshmem:/run/hp/qemu/ivshmem.sock@1/8");
+        assert_eq!(sut.agent_region, "pci:0000:00:04.0/2@1/8");
+        assert_eq!(sut.rendezvous, "");
+        let args = cpu_relay_args(&sut);
+        assert!(!args.contains(&"--rendezvous".to_string()), "{args:?}");
+        let at = args.iter().position(|a| a == "--region").unwrap();
+        assert_eq!(args[at + 1], sut.region);
+    }
+
+    #[test]
+    fn shim_delete_finds_the_lease_of_an_ivshmem_marker() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("ivshmem.sock");
+        let slots = ivshmem_slots::slots_dir(socket.to_str().unwrap());
+        let lease = SlotLease::acquire(&slots, 8, "pod").unwrap();
+        let marker = Marker {
+            endpoint: "tcp://127.0.0.1:1".into(),
+            pod_id: "pod".into(),
+            relay_pid: 0,
+            region: lease.window(&format!("ivshmem:{}", socket.display())),
+        };
+        let found = ivshmem_slots::lease_of_region(&marker.region, &marker.pod_id);
+        assert_eq!(found, Some(lease));
+        assert_eq!(
+            ivshmem_slots::lease_of_region("shm:/heteropod-pod", "pod"),
+            None
+        );
     }
 }

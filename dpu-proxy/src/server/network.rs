@@ -1,7 +1,11 @@
 //! The DPU half of a Pod network: a netns named after the Pod under the
 //! agent's state dir (loopback up, the Pod IP on a dummy device, or a veth
 //! kept inside the netns where `dummy` is missing), and the
-//! DPU-side `heteronet` relay, restarted by its owner if it dies.
+//! DPU-side `heteronet` relay, restarted by its owner if it dies. A `pci:`
+//! region (the DPU in a guest, rings in the ivshmem BAR) also gets the
+//! slot's MSI-X eventfds, see [`vfio`].
+mod vfio;
+
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
@@ -17,6 +21,7 @@ use nix::{mount::MntFlags, sys::signal::Signal, unistd::Pid};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use self::vfio::{spawn_with_irqs, DeviceIrqs};
 use super::{process::proc_start_time, reaper::Reaper};
 use crate::{
     error::{Error, Result},
@@ -88,6 +93,8 @@ pub struct Networks {
     relay: Option<PathBuf>,
     reaper: Arc<Reaper>,
     pods: tokio::sync::Mutex<HashMap<String, PodNet>>,
+    /// The ivshmem device's interrupts and slots (`pci:` regions only).
+    irqs: Arc<DeviceIrqs>,
 }
 
 async fn run(reaper: &Reaper, cmd: Command) -> Result<()> {
@@ -146,6 +153,7 @@ impl Networks {
             relay,
             reaper,
             pods: Default::default(),
+            irqs: Arc::default(),
         })
     }
 
@@ -177,9 +185,13 @@ impl Networks {
                 *p.relay_pid.lock().unwrap_or_else(|e| e.into_inner()),
             ));
         }
+        if let Some(slot) = vfio::parse_pci_region(region)? {
+            self.irqs.claim(pod_id, &slot)?;
+        }
         let netns = self.netns_path(pod_id);
         if let Err(e) = make_netns(&self.reaper, &netns, &ip).await {
             remove_netns(&netns);
+            self.irqs.release(pod_id);
             return Err(e);
         }
         let rec = PodRecord {
@@ -196,6 +208,7 @@ impl Networks {
             Ok(pid) => pid,
             Err(e) => {
                 remove_netns(&netns);
+                self.irqs.release(pod_id);
                 let _ = std::fs::remove_file(self.records.join(format!("{pod_id}.json")));
                 return Err(e);
             }
@@ -259,6 +272,12 @@ impl Networks {
                 continue;
             }
             let id = rec.pod_id.clone();
+            let claimed = vfio::parse_pci_region(&rec.region)
+                .and_then(|slot| slot.map_or(Ok(()), |s| self.irqs.claim(&id, &s)));
+            if let Err(e) = claimed {
+                tracing::warn!(pod = %id, "restore pod network: {e}");
+                continue;
+            }
             match self.register(&mut pods, rec).await {
                 Ok(pid) => tracing::info!(pod = %id, relay_pid = pid, "pod network restored"),
                 Err(e) => tracing::warn!(pod = %id, "restore pod network: {e}"),
@@ -283,29 +302,34 @@ impl Networks {
         let reaper = self.reaper.clone();
         let records = self.records.clone();
         let stats_socket = self.stats_socket(&args.pod_id);
+        let pci = vfio::parse_pci_region(&args.region)?;
+        let irqs = self.irqs.clone();
         let mut spawn = move || -> Result<(u32, tokio::sync::oneshot::Receiver<i32>)> {
             let mut cmd = Command::new(&bin);
             cmd.args(["--side", "dpu", "--netns"])
                 .arg(&args.netns)
-                .args([
-                    "--region",
-                    &args.region,
-                    "--rendezvous",
-                    &args.rendezvous,
-                    "--capture-egress",
-                    "--pod-ip",
-                    // The relay wants the address; the netns device gets the prefix.
-                    relay_pod_ip(&args.pod_ip),
-                    "--stats-socket",
-                ])
-                .arg(&stats_socket)
-                .stdin(Stdio::null());
+                .args(["--region", &args.region]);
+            // Links across the BAR have no rendezvous socket.
+            if !args.rendezvous.is_empty() {
+                cmd.args(["--rendezvous", &args.rendezvous]);
+            }
+            cmd.args([
+                "--capture-egress",
+                "--pod-ip",
+                // The relay wants the address; the netns device gets the prefix.
+                relay_pod_ip(&args.pod_ip),
+                "--stats-socket",
+            ])
+            .arg(&stats_socket)
+            .stdin(Stdio::null());
             for dest in &args.udp_forward {
                 cmd.args(["--udp-forward", dest]);
             }
-            let (child, rx) = reaper
-                .spawn(cmd)
-                .map_err(Error::io(format!("spawn relay {}", bin.display())))?;
+            let (child, rx) = match &pci {
+                None => reaper.spawn(cmd),
+                Some(slot) => spawn_with_irqs(&reaper, &irqs, slot, cmd)?,
+            }
+            .map_err(Error::io(format!("spawn relay {}", bin.display())))?;
             // Persisted so that a restarted agent can replace this relay.
             args.relay_pid = child.id();
             args.relay_start_time = proc_start_time(child.id()).unwrap_or_default();
@@ -400,6 +424,7 @@ impl Networks {
             // Wait until the supervisor has reaped the relay.
             p.stop.closed().await;
         }
+        self.irqs.release(pod_id);
         let _ = std::fs::remove_file(self.records.join(format!("{pod_id}.json")));
         // A killed relay cannot remove its own socket.
         let _ = std::fs::remove_file(self.stats_socket(pod_id));

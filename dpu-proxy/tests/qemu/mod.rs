@@ -14,6 +14,10 @@ use serde_json::{json, Value};
 pub const AGENT: &str = env!("CARGO_BIN_EXE_heteropod-dpu-proxy");
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../hack/qemu/guest.sh");
 
+/// heteropod-ivshmem-server of the same build as the agent.
+pub static IVSHMEM_SERVER: std::sync::LazyLock<PathBuf> =
+    std::sync::LazyLock::new(|| Path::new(AGENT).with_file_name("heteropod-ivshmem-server"));
+
 /// Why this test cannot run here, or `None`.
 pub fn skip_reason() -> Option<String> {
     if !nix::unistd::Uid::effective().is_root() {
@@ -59,6 +63,11 @@ fn stop_orphans() {
 
 impl Guest {
     pub fn new(name: &str) -> Guest {
+        Self::with_env(name, &[])
+    }
+
+    /// A guest whose settings `extra` override the defaults below.
+    pub fn with_env(name: &str, extra: &[(&str, &str)]) -> Guest {
         stop_orphans();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -73,7 +82,22 @@ impl Guest {
             ("QEMU_RELAY_BIN".into(), "/nonexistent".into()),
             ("QEMU_DPU_MEMORY".into(), "512M".into()),
             ("QEMU_LOG_LEVEL".into(), "debug".into()),
+            // The ivshmem device, when its server is built beside the agent
+            // (`cargo test --workspace` and `make build` build it).
+            (
+                "QEMU_IVSHMEM_SERVER_BIN".into(),
+                IVSHMEM_SERVER.display().to_string(),
+            ),
+            (
+                "QEMU_IVSHMEM".into(),
+                if IVSHMEM_SERVER.exists() { "1" } else { "0" }.into(),
+            ),
         ];
+        let mut env: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| !extra.iter().any(|(e, _)| e == k))
+            .collect();
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         Guest { state, port, env }
     }
 

@@ -83,26 +83,18 @@ struct Args {
 }
 
 /// Raises the open-file soft limit to the hard limit: every relayed connection
-/// costs the relay one or two descriptors. (Via util-linux `prlimit`, as the
-/// crate has no setrlimit binding without unsafe code.)
+/// costs the relay one or two descriptors.
 fn raise_nofile() {
-    let Ok(limits) = std::fs::read_to_string("/proc/self/limits") else {
-        return;
-    };
-    let Some(line) = limits.lines().find(|l| l.starts_with("Max open files")) else {
-        return;
-    };
-    let f: Vec<&str> = line.split_whitespace().collect();
-    let (Some(soft), Some(hard)) = (f.get(3), f.get(4)) else {
-        return;
-    };
-    if soft == hard {
-        return;
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!("cannot raise the open-file limit to {hard}: {e}");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("getrlimit(RLIMIT_NOFILE): {e}"),
     }
-    let pid = std::process::id().to_string();
-    let _ = std::process::Command::new("prlimit")
-        .args(["--pid", &pid, &format!("--nofile={hard}:{hard}")])
-        .status();
 }
 
 type IrqFds = Option<std::sync::Arc<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)>>;

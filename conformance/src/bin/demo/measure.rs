@@ -1,12 +1,14 @@
 //! What the demo measures: CPU time of containers (CRI ContainerStats, the cgroup as a
 //! fallback) and of the Pod's host processes (shim, HeteroNet relays), where each runs,
-//! and the relays' JSON counters.
+//! and the relays' JSON counters. With the DPU in a QEMU guest
+//! (`HETEROPOD_DPU_REMOTE=1`) what runs there is asked of the agent
+//! (`heteropod status --json`), and QEMU's own CPU time is measured apart.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use heteropod_conformance::{cri, host, Cri};
+use heteropod_conformance::{cri, dpu, host, Cri};
 use serde_json::Value;
 use tokio::io::AsyncReadExt;
 
@@ -39,8 +41,13 @@ pub fn dpu_cgroup_parent() -> String {
         .unwrap_or_else(|| "heteropod-dpu".into())
 }
 
-/// Where a container's processes are, told by its cgroup.
-pub fn container_pu(id: &str) -> Pu {
+/// Where a container's processes are: told by its cgroup, or by the agent of a
+/// DPU in a guest.
+pub async fn container_pu(id: &str) -> Pu {
+    if dpu::remote() {
+        let on_dpu = dpu::agent_view().await.is_ok_and(|v| v.runs_on_dpu(id));
+        return if on_dpu { Pu::Dpu } else { Pu::Cpu };
+    }
     let parent = dpu_cgroup_parent();
     let on_dpu = host::cgroups_named(id)
         .iter()
@@ -52,8 +59,15 @@ pub fn container_pu(id: &str) -> Pu {
     }
 }
 
-/// The CPUs a container may run on, from its cpuset cgroup.
-pub fn container_cpus(id: &str) -> Option<String> {
+/// The CPUs a container may run on, from its cpuset cgroup (for a container in
+/// a DPU guest: the guest's DPU cores, as its agent reports them).
+pub async fn container_cpus(id: &str, pu: Pu) -> Option<String> {
+    if dpu::remote() && pu == Pu::Dpu {
+        return dpu::agent_view()
+            .await
+            .ok()
+            .map(|v| format!("guest {}", v.cpus));
+    }
     host::cgroups_named(id)
         .into_iter()
         .flat_map(|dir| [dir.join("cpuset.cpus"), dir.join("cpuset.cpus.effective")])
@@ -98,9 +112,9 @@ pub struct PodProcess {
     pub pu: Pu,
 }
 
-/// The Pod's shim(s) and HeteroNet relays. Relays are found by the shared region on
-/// their command line (`shm:/heteropod-<first 16 chars of the sandbox id>`) and belong
-/// to the PU their `--side` names.
+/// The Pod's shim(s) and HeteroNet relays on this host. Relays are found by the
+/// shared region (`shm:/heteropod-<first 16 chars of the sandbox id>`) or the
+/// counters socket on their command line and belong to the PU their `--side` names.
 pub fn pod_processes(pod_id: &str) -> Vec<PodProcess> {
     let mut out: Vec<PodProcess> = host::shims_of(pod_id)
         .into_iter()
@@ -111,7 +125,10 @@ pub fn pod_processes(pod_id: &str) -> Vec<PodProcess> {
         })
         .collect();
     let region = format!("shm:/heteropod-{}", short16(pod_id));
-    for p in host::processes(|args| args.contains(&region)) {
+    let stats = cpu_relay_socket(pod_id).to_string_lossy().into_owned();
+    for p in host::processes(|args| {
+        args[0].ends_with("heteronet") && args.iter().any(|a| *a == region || *a == stats)
+    }) {
         let (name, pu) = match p.flag("--side") {
             Some("dpu") => ("HeteroNet relay, DPU side", Pu::Dpu),
             _ => ("HeteroNet relay, CPU side", Pu::Cpu),
@@ -159,6 +176,33 @@ pub fn short16(id: &str) -> &str {
 /// The CPU-side relay's counters socket (served by the relay the shim starts).
 pub fn cpu_relay_socket(pod_id: &str) -> PathBuf {
     PathBuf::from(format!("/dev/shm/heteropod-{}.stats.sock", short16(pod_id)))
+}
+
+/// The QEMU running the DPU guest (its pid file under `QEMU_STATE`), whose host CPU
+/// time is what emulating the DPU costs here.
+pub fn qemu_pid() -> Option<u32> {
+    let state = std::env::var("QEMU_STATE").ok().filter(|s| !s.is_empty())?;
+    std::fs::read_to_string(Path::new(&state).join("qemu.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The DPU-side relay's counters: from its socket under the agent's state directory,
+/// or, for a DPU in a guest, as the agent reports them (`heteropod status --json`).
+pub async fn dpu_relay_counters(pod_id: &str) -> Option<Value> {
+    if !dpu::remote() {
+        return relay_counters(dpu_relay_socket(pod_id).as_deref()).await;
+    }
+    let doc = dpu::status_json().await.ok()?;
+    doc["relays"]
+        .as_array()?
+        .iter()
+        .find(|r| r["side"] == "dpu" && r["pod_id"] == pod_id)
+        .and_then(|r| r["counters"].get("raw"))
+        .filter(|v| v.is_object())
+        .cloned()
 }
 
 /// The DPU-side relay's counters socket, somewhere under the agent's state directory.

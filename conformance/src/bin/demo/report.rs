@@ -255,11 +255,20 @@ pub fn print_table(split: &RunResult, all_cpu: &RunResult) {
             ""
         }
     );
-    println!(
-        "on: told from the cgroup (the emulated DPU keeps its containers under \"{}\"); cpus: the cpuset.",
-        crate::measure::dpu_cgroup_parent()
-    );
-    println!("The emulated DPU's cores are host cores set aside by cpuset; its relay is counted on the DPU side.");
+    if heteropod_conformance::dpu::remote() {
+        if let Some(s) = split.emulator_cpu_s {
+            println!(
+                "The DPU is a QEMU guest with its own kernel: \"on\" and its cores come from its agent. QEMU used {s:.3} s of host CPU emulating it during the split run (not in the totals above; DPU hardware does this work on its own cores)."
+            );
+        }
+        println!("The DPU-side relay runs in the guest: its CPU is not measured, its counters come from the agent.");
+    } else {
+        println!(
+            "on: told from the cgroup (the emulated DPU keeps its containers under \"{}\"); cpus: the cpuset.",
+            crate::measure::dpu_cgroup_parent()
+        );
+        println!("The emulated DPU's cores are host cores set aside by cpuset; its relay is counted on the DPU side.");
+    }
 }
 
 /// Fails the demo when a request failed or a container ran somewhere unexpected.

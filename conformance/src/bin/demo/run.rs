@@ -117,6 +117,9 @@ pub struct RunResult {
     pub dpu_relay: Option<(Value, Value)>,
     /// The proxy's own totals, from its log.
     pub proxy_totals: Option<Value>,
+    /// Host CPU seconds of the QEMU that runs the DPU guest (not in either PU's
+    /// total: it is the price of emulating the DPU on this machine).
+    pub emulator_cpu_s: Option<f64>,
 }
 
 impl RunResult {
@@ -203,7 +206,7 @@ pub async fn run_variant(ctx: &Ctx, settings: &Settings, variant: Variant) -> Re
 
     let processes = measure::pod_processes(&pod.id);
     let cpu_sock = measure::cpu_relay_socket(&pod.id);
-    let dpu_sock = measure::dpu_relay_socket(&pod.id);
+    let qemu = measure::qemu_pid().filter(|_| heteropod_conformance::dpu::remote());
     let mut cri = ctx.cri();
     let mut before_c = Vec::new();
     for (_, id) in &ids {
@@ -214,7 +217,8 @@ pub async fn run_variant(ctx: &Ctx, settings: &Settings, variant: Variant) -> Re
         .map(|p| measure::process_cpu(p.pid))
         .collect();
     let cpu_relay_before = measure::relay_counters(Some(&cpu_sock)).await;
-    let dpu_relay_before = measure::relay_counters(dpu_sock.as_deref()).await;
+    let dpu_relay_before = measure::dpu_relay_counters(&pod.id).await;
+    let qemu_before = qemu.and_then(measure::process_cpu);
 
     std::fs::write(shared.join("go"), "go\n").context("start the app")?;
     let mut bar = Progress::new(variant.label(), settings.requests);
@@ -241,10 +245,11 @@ pub async fn run_variant(ctx: &Ctx, settings: &Settings, variant: Variant) -> Re
     let mut containers = Vec::new();
     for ((name, id), before) in ids.iter().zip(before_c) {
         let after = measure::container_cpu(&mut cri, id).await.ok();
+        let pu = measure::container_pu(id).await;
         containers.push(Row {
             name: name.to_string(),
-            pu: measure::container_pu(id),
-            cpus: measure::container_cpus(id),
+            pu,
+            cpus: measure::container_cpus(id, pu).await,
             cpu_s: before.zip(after.as_ref()).map(|(b, a)| a.0 - b.0),
             from_cgroup: after.is_some_and(|a| a.1),
         });
@@ -261,7 +266,10 @@ pub async fn run_variant(ctx: &Ctx, settings: &Settings, variant: Variant) -> Re
         })
         .collect();
     let cpu_relay_after = measure::relay_counters(Some(&cpu_sock)).await;
-    let dpu_relay_after = measure::relay_counters(dpu_sock.as_deref()).await;
+    let dpu_relay_after = measure::dpu_relay_counters(&pod.id).await;
+    let emulator_cpu_s = qemu_before
+        .zip(qemu.and_then(measure::process_cpu))
+        .map(|(b, a)| a - b);
     let app = parse_app_report(&std::fs::read_to_string(&result_path)?)?;
     let proxy_totals = proxy_totals(&pod, settings.connections as u64 + 1).await;
     Ok(RunResult {
@@ -273,6 +281,7 @@ pub async fn run_variant(ctx: &Ctx, settings: &Settings, variant: Variant) -> Re
         cpu_relay: cpu_relay_before.zip(cpu_relay_after),
         dpu_relay: dpu_relay_before.zip(dpu_relay_after),
         proxy_totals,
+        emulator_cpu_s,
     })
 }
 
