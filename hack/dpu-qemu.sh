@@ -47,7 +47,7 @@ stop_qemu_dpu() {
 }
 
 # The [dpu] keys of the split Pods' link across the guest's ivshmem BAR
-# (IVSHMEM_LINK.md), from the settings guest.sh uses; nothing when the guest
+# (docs/ivshmem-link.md), from the settings guest.sh uses; nothing when the guest
 # has no ivshmem device (QEMU_IVSHMEM=0).
 qemu_link_config() {
     local -A env

@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # The guest's ivshmem-doorbell device and the heteropod-ivshmem-server behind
-# it (IVSHMEM_LINK.md): one server per guest, its socket and shared memory
+# it (docs/ivshmem-link.md): one server per guest, its socket and shared memory
 # under $QEMU_STATE, started before QEMU and stopped after it. The BAR is cut
 # into $QEMU_IVSHMEM_SLOTS windows (one split Pod each), with two MSI-X
 # vectors per slot. Sourced by guest.sh after lib.sh and before vm.sh.

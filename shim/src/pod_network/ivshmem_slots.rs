@@ -1,4 +1,4 @@
-//! Slots of the ivshmem BAR (IVSHMEM_LINK.md): each split Pod of a DPU in a
+//! Slots of the ivshmem BAR (docs/ivshmem-link.md): each split Pod of a DPU in a
 //! guest gets one window of the BAR. Shims of different Pods share no
 //! memory, so a slot is leased by creating `ivshmem-slots/<k>` beside the
 //! server socket with `O_EXCL`; the file holds the Pod id and is removed

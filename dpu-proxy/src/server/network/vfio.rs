@@ -1,4 +1,4 @@
-//! The DPU side of HeteroNet links across an ivshmem BAR (IVSHMEM_LINK.md):
+//! The DPU side of HeteroNet links across an ivshmem BAR (docs/ivshmem-link.md):
 //! a Pod network whose region is `pci:<bdf>/<bar>@<slot>/<slots>` gets the
 //! MSI-X eventfds of guest vectors `2*slot` ("data") and `2*slot+1`
 //! ("space"). Only one process can own the device's VFIO group, so the agent
