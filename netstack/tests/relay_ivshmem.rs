@@ -25,14 +25,6 @@ fn slot_pod(srv: &IvshmemServer, k: u32) -> Pod {
     })
 }
 
-fn wait_mirror(ns: &std::path::Path, addr: SocketAddr) {
-    in_ns(ns, move || {
-        eventually(20, "mirror", || {
-            TcpListener::bind(addr).is_err().then_some(())
-        })
-    });
-}
-
 /// A server in `ns` at `addr` that checksums what it gets, then sends `n`
 /// bytes of pattern `seed`; reports (bytes received, checksum).
 fn checksum_server(
@@ -180,64 +172,7 @@ fn ivshmem_slot_relays_1000_concurrent_connections() {
     let srv = IvshmemServer::start(SLOTS, 64 << 20);
     let pod = slot_pod(&srv, 5);
     let addr: SocketAddr = "127.0.0.1:18311".parse().unwrap();
-    in_ns(&pod.dpu_path(), move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let l = rt.block_on(async {
-            let s = tokio::net::TcpSocket::new_v4().unwrap();
-            s.bind(addr).unwrap();
-            s.listen(4096).unwrap()
-        });
-        std::thread::spawn(move || {
-            rt.block_on(async move {
-                loop {
-                    let (mut c, _) = l.accept().await.unwrap();
-                    tokio::spawn(async move {
-                        let (mut r, mut w) = c.split();
-                        let _ = tokio::io::copy(&mut r, &mut w).await;
-                    });
-                }
-            })
-        });
-    });
-    wait_mirror(&pod.cpu_path(), addr);
-    let ok = in_ns(&pod.cpu_path(), move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(1000));
-            let mut tasks = Vec::new();
-            for i in 0..1000u32 {
-                let barrier = barrier.clone();
-                tasks.push(tokio::spawn(async move {
-                    let c = tokio::net::TcpStream::connect(addr).await;
-                    // All 1000 are open at the same time before any traffic.
-                    barrier.wait().await;
-                    let mut c = c.ok()?;
-                    let msg = format!("conn-{i:05}-").repeat(100);
-                    c.write_all(msg.as_bytes()).await.ok()?;
-                    let mut back = vec![0u8; msg.len()];
-                    tokio::time::timeout(Duration::from_secs(60), c.read_exact(&mut back))
-                        .await
-                        .ok()?
-                        .ok()?;
-                    (back == msg.as_bytes()).then_some(())
-                }));
-            }
-            let mut ok = 0;
-            for t in tasks {
-                if let Ok(Some(())) = t.await {
-                    ok += 1;
-                }
-            }
-            ok
-        })
-    });
+    let ok = concurrent_echoes(&pod.dpu_path(), &pod.cpu_path(), addr, 1000);
     assert_eq!(ok, 1000, "{}", pod.logs());
 }
 

@@ -267,14 +267,7 @@ impl LinkBuilder {
             ));
         }
         let region = Arc::new(region);
-        let tx = region
-            .ring(1)?
-            .acquire_producer()
-            .ok_or(Error::Config("ring busy"))?;
-        let rx = region
-            .ring(0)?
-            .acquire_consumer()
-            .ok_or(Error::Config("ring busy"))?;
+        let (tx, rx) = super::ring_ends(&region, false)?;
         let [my_data, my_space, peer_data, peer_space] = hello.bells;
         rendezvous::send_ok(&mut conn, self.side.code()).await?;
         Link::new(

@@ -61,16 +61,7 @@ impl Listener {
 
     async fn handshake(&self, mut conn: UnixStream) -> Result<Link> {
         let generation = self.region.reinit();
-        let tx = self
-            .region
-            .ring(0)?
-            .acquire_producer()
-            .ok_or(Error::Config("ring busy"))?;
-        let rx = self
-            .region
-            .ring(1)?
-            .acquire_consumer()
-            .ok_or(Error::Config("ring busy"))?;
+        let (tx, rx) = super::ring_ends(&self.region, true)?;
         let bells = [eventfd()?, eventfd()?, eventfd()?, eventfd()?];
         let mut raw = Vec::with_capacity(5);
         let region_fd = match self.region.addr() {

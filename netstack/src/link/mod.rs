@@ -220,6 +220,16 @@ impl Link {
     }
 }
 
+/// This side's ends of a region's two rings: the creator produces into ring 0
+/// and consumes ring 1, the opener the other way round.
+pub(crate) fn ring_ends(region: &Arc<Region>, creator: bool) -> Result<(Producer, Consumer)> {
+    let (tx, rx) = if creator { (0, 1) } else { (1, 0) };
+    let busy = || Error::Config("ring busy");
+    let tx = region.ring(tx)?.acquire_producer().ok_or_else(busy)?;
+    let rx = region.ring(rx)?.acquire_consumer().ok_or_else(busy)?;
+    Ok((tx, rx))
+}
+
 pub(crate) async fn peer_gone(conn: &UnixStream) {
     let mut buf = [0u8; 64];
     loop {

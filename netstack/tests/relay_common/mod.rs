@@ -465,3 +465,76 @@ pub fn reset(c: TcpStream) {
     nix::sys::socket::setsockopt(&c, nix::sys::socket::sockopt::Linger, &l).expect("SO_LINGER");
     drop(c);
 }
+
+/// Waits until the relay of `ns` mirrors a listener on `addr` (binding it fails).
+pub fn wait_mirror(ns: &Path, addr: SocketAddr) {
+    in_ns(ns, move || {
+        eventually(20, "mirror", || {
+            TcpListener::bind(addr).is_err().then_some(())
+        })
+    });
+}
+
+/// An echo server in `server_ns` on `addr`, then `n` clients in `client_ns`
+/// connected all at once before any traffic, each echoing its own message.
+/// Returns how many got their message back intact.
+pub fn concurrent_echoes(server_ns: &Path, client_ns: &Path, addr: SocketAddr, n: u32) -> u32 {
+    in_ns(server_ns, move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let l = rt.block_on(async {
+            let s = tokio::net::TcpSocket::new_v4().unwrap();
+            s.bind(addr).unwrap();
+            s.listen(4096).unwrap()
+        });
+        std::thread::spawn(move || {
+            rt.block_on(async move {
+                loop {
+                    let (mut c, _) = l.accept().await.unwrap();
+                    tokio::spawn(async move {
+                        let (mut r, mut w) = c.split();
+                        let _ = tokio::io::copy(&mut r, &mut w).await;
+                    });
+                }
+            })
+        });
+    });
+    wait_mirror(client_ns, addr);
+    in_ns(client_ns, move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(n as usize));
+            let mut tasks = Vec::new();
+            for i in 0..n {
+                let barrier = barrier.clone();
+                tasks.push(tokio::spawn(async move {
+                    let c = tokio::net::TcpStream::connect(addr).await;
+                    // All n are open at the same time before any traffic.
+                    barrier.wait().await;
+                    let mut c = c.ok()?;
+                    let msg = format!("conn-{i:05}-").repeat(100);
+                    c.write_all(msg.as_bytes()).await.ok()?;
+                    let mut back = vec![0u8; msg.len()];
+                    tokio::time::timeout(Duration::from_secs(60), c.read_exact(&mut back))
+                        .await
+                        .ok()?
+                        .ok()?;
+                    (back == msg.as_bytes()).then_some(())
+                }));
+            }
+            let mut ok = 0;
+            for t in tasks {
+                if let Ok(Some(())) = t.await {
+                    ok += 1;
+                }
+            }
+            ok
+        })
+    })
+}

@@ -213,14 +213,7 @@ impl Creator {
         let peer_space = self.port.bell(peer, sv)?;
         let (data, space) = self.port.doorbells()?;
         let generation = r.reinit();
-        let tx = r
-            .ring(0)?
-            .acquire_producer()
-            .ok_or(Error::Config("ring busy"))?;
-        let rx = r
-            .ring(1)?
-            .acquire_consumer()
-            .ok_or(Error::Config("ring busy"))?;
+        let (tx, rx) = super::ring_ends(r, true)?;
         let monitor = Monitor::start(
             r.clone(),
             Role::Creator {
@@ -319,14 +312,7 @@ pub async fn connect(addr: &RegionAddr, port: Port, side: Side, mode: NotifyMode
         let peer_data = port.bell(creator, HOST_DATA_VECTOR)?;
         let peer_space = port.bell(creator, HOST_SPACE_VECTOR)?;
         let (data, space) = port.doorbells()?;
-        let tx = region
-            .ring(1)?
-            .acquire_producer()
-            .ok_or(Error::Config("ring busy"))?;
-        let rx = region
-            .ring(0)?
-            .acquire_consumer()
-            .ok_or(Error::Config("ring busy"))?;
+        let (tx, rx) = super::ring_ends(&region, false)?;
         Ok::<_, Error>((data, space, peer_data, peer_space, tx, rx))
     })();
     let (data, space, peer_data, peer_space, tx, rx) = match built {
