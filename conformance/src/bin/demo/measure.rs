@@ -43,10 +43,14 @@ pub fn dpu_cgroup_parent() -> String {
 
 /// Where a container's processes are: told by its cgroup, or by the agent of a
 /// DPU in a guest.
-pub async fn container_pu(id: &str) -> Pu {
-    if dpu::remote() {
-        let on_dpu = dpu::agent_view().await.is_ok_and(|v| v.runs_on_dpu(id));
-        return if on_dpu { Pu::Dpu } else { Pu::Cpu };
+/// `agent` is the guest agent's view (`None` for the emulated DPU).
+pub fn container_pu(id: &str, agent: Option<&dpu::AgentView>) -> Pu {
+    if let Some(view) = agent {
+        return if view.runs_on_dpu(id) {
+            Pu::Dpu
+        } else {
+            Pu::Cpu
+        };
     }
     let parent = dpu_cgroup_parent();
     let on_dpu = host::cgroups_named(id)
@@ -61,12 +65,9 @@ pub async fn container_pu(id: &str) -> Pu {
 
 /// The CPUs a container may run on, from its cpuset cgroup (for a container in
 /// a DPU guest: the guest's DPU cores, as its agent reports them).
-pub async fn container_cpus(id: &str, pu: Pu) -> Option<String> {
-    if dpu::remote() && pu == Pu::Dpu {
-        return dpu::agent_view()
-            .await
-            .ok()
-            .map(|v| format!("guest {}", v.cpus));
+pub fn container_cpus(id: &str, pu: Pu, agent: Option<&dpu::AgentView>) -> Option<String> {
+    if let (Some(view), Pu::Dpu) = (agent, pu) {
+        return Some(format!("guest {}", view.cpus));
     }
     host::cgroups_named(id)
         .into_iter()
