@@ -9,6 +9,8 @@
 //! `IVSHMEM_GUEST_KERNEL_DEB`, and `IVSHMEM_GUEST_BUSYBOX`; see
 //! `guest_common`); skipped with the reason when any is missing.
 
+#[path = "relay_common/faults.rs"]
+mod faults;
 mod guest_common;
 #[path = "guest_common/relays.rs"]
 mod relays;
@@ -19,7 +21,19 @@ use std::time::{Duration, Instant};
 use guest_common::*;
 use heteronet::{Destination, LinkBuilder, Mux, MuxEvent, MuxEvents, RegionAddr, Side};
 use relays::{in_ns, wait_echo, CpuRelay, Netns};
+use std::io::ErrorKind;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Whether an echo through the relays comes back from `ns` within 60 s.
+async fn echoes_again(ns: PathBuf, addr: std::net::SocketAddr) -> bool {
+    let again = in_ns(ns, move || {
+        wait_echo(addr, Duration::from_secs(60)).peer_addr().is_ok()
+    });
+    matches!(
+        tokio::task::spawn_blocking(move || again.join()).await,
+        Ok(Ok(true))
+    )
+}
 
 async fn next_event(ev: &mut MuxEvents, within: Duration) -> MuxEvent {
     tokio::time::timeout(within, ev.next())
@@ -233,8 +247,16 @@ async fn real_relays_across_a_real_ivshmem_bar_echo_checksummed_bytes() {
     // Drain the guest console in the background (relay logs), keep the tail.
     let tail = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let t = tail.clone();
+    // Connections the guest's echo server has seen end.
+    let closed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c = closed.clone();
     std::thread::spawn(move || {
         for l in rx.iter() {
+            // Counted, not kept: 1,000 of them would push the relay's log out.
+            if l.contains("GUEST-JSON") {
+                c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                continue;
+            }
             let mut v = t.lock().unwrap();
             v.push(l);
             if v.len() > 200 {
@@ -318,6 +340,7 @@ async fn real_relays_across_a_real_ivshmem_bar_echo_checksummed_bytes() {
     );
 
     // 1,000 connections open at once across the BAR, each echoed.
+    let before = closed.load(std::sync::atomic::Ordering::Relaxed);
     let many = in_ns(ns.path(), move || {
         use std::io::{Read, Write};
         let mut conns: Vec<_> = (0..CONNS).map(|_| wait_echo(addr, BOOT)).collect();
@@ -347,21 +370,63 @@ async fn real_relays_across_a_real_ivshmem_bar_echo_checksummed_bytes() {
         tail.lock().unwrap().join("\n")
     );
 
+    // Opening and closing the 1,000 connections never dropped the link: wait
+    // until the guest's echo server saw them all end, then look.
+    let end = Instant::now() + BOOT;
+    while closed.load(std::sync::atomic::Ordering::Relaxed) < before + CONNS && Instant::now() < end
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let text = logs(&cpu);
+    assert_eq!(
+        text.matches("slot opener attached").count(),
+        1,
+        "the link dropped during the 1,000 connections:\n{text}"
+    );
+
+    // Garbage written into the slot from the host while a stream runs: that
+    // stream ends with an error (not a stall), the error is logged, both
+    // relays stay up and the pair works again.
+    let c = in_ns(ns.path(), move || wait_echo(addr, Duration::from_secs(60)));
+    let victim = faults::echo_until_error(
+        tokio::task::spawn_blocking(move || c.join().unwrap())
+            .await
+            .unwrap(),
+    );
+    let shm = dir.path().join("shm");
+    let size = std::fs::metadata(&shm).unwrap().len();
+    let (start, len) = (
+        size / u64::from(SLOTS) * u64::from(SLOT),
+        size / u64::from(SLOTS),
+    );
+    tokio::task::spawn_blocking(move || faults::scribble(&shm, start, len))
+        .await
+        .unwrap();
+    let kind = tokio::task::spawn_blocking(move || victim.join())
+        .await
+        .unwrap()
+        .unwrap();
+    let text = logs(&cpu);
+    assert!(
+        !matches!(kind, ErrorKind::WouldBlock | ErrorKind::TimedOut),
+        "the stream stalled instead of ending ({kind:?}):\n{text}"
+    );
+    assert!(text.contains("ERROR"), "no error logged:\n{text}");
+    let ok = echoes_again(ns.path(), addr).await;
+    assert!(ok, "no echo after the garbage:\n{}", logs(&cpu));
+    // Same CPU relay process (the guest's is the only way the echo came back).
+    assert!(
+        matches!(cpu.child.as_mut().map(|c| c.try_wait()), Some(Ok(None))),
+        "the CPU relay exited after the garbage:\n{}",
+        logs(&cpu)
+    );
+
     // The CPU relay (the slot's creator) is killed and restarted: the guest
     // relay notices, re-attaches, and the mirror works again.
     cpu.kill9();
     cpu.start();
-    let again = in_ns(ns.path(), move || {
-        wait_echo(addr, Duration::from_secs(60)).peer_addr().is_ok()
-    });
-    let ok = tokio::task::spawn_blocking(move || again.join())
-        .await
-        .unwrap();
-    assert!(
-        matches!(ok, Ok(true)),
-        "no echo after the CPU relay restarted:\n{}",
-        logs(&cpu)
-    );
+    let ok = echoes_again(ns.path(), addr).await;
+    assert!(ok, "no echo after the CPU relay restarted:\n{}", logs(&cpu));
     let text = logs(&cpu);
     assert!(text.contains("slot opener attached"), "{text}");
     assert!(!text.contains("panicked"), "{text}");

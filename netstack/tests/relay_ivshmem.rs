@@ -6,7 +6,7 @@
 
 mod relay_common;
 
-use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -113,44 +113,15 @@ fn transfer(pod: &Pod, addr: SocketAddr, n: usize) {
     assert_eq!(got_h, checksum_of(n, 2), "DPU -> CPU bytes differ");
 }
 
-/// Writes pseudo-random junk over the rings of slot `k` (everything after
-/// its header page) for a while, so both relays read garbage.
+/// Garbage over the rings of slot `k` (see `faults::scribble`).
 fn scribble_slot(srv: &IvshmemServer, k: u32) {
     let (start, len) = srv.window(k, SLOTS);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&srv.shm)
-        .unwrap();
-    let mut junk = vec![0u8; len as usize - 4096];
-    for seed in 0..20u64 {
-        pattern(0xbad + seed, &mut junk);
-        f.seek(SeekFrom::Start(start + 4096)).unwrap();
-        f.write_all(&junk).unwrap();
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    faults::scribble(&srv.shm, start, len);
 }
 
 /// A connection from `ns` that echoes through `addr` until it fails; its error.
 fn echo_until_error(ns: &std::path::Path, addr: SocketAddr) -> std::thread::JoinHandle<ErrorKind> {
-    let mut c = in_ns(ns, move || {
-        let mut c = TcpStream::connect(addr).unwrap();
-        c.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-        c.write_all(b"ping").unwrap();
-        let mut b = [0u8; 4];
-        c.read_exact(&mut b).unwrap();
-        c
-    });
-    std::thread::spawn(move || {
-        let mut buf = vec![0u8; 4096];
-        loop {
-            if let Err(e) = c.write_all(&buf) {
-                return e.kind();
-            }
-            if let Err(e) = c.read_exact(&mut buf) {
-                return e.kind();
-            }
-        }
-    })
+    faults::echo_until_error(in_ns(ns, move || TcpStream::connect(addr).unwrap()))
 }
 
 #[test]

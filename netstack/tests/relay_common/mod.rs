@@ -2,7 +2,12 @@
 //! namespaces with a relay in each, torn down by Drop even on panic.
 #![allow(dead_code)]
 
+pub mod faults;
 pub mod ivshmem;
+
+// Not every test binary fills buffers.
+#[allow(unused_imports)]
+pub use faults::pattern;
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -444,17 +449,6 @@ pub fn fnv(h: &mut u64, data: &[u8]) {
     }
 }
 pub const FNV_INIT: u64 = 0xcbf29ce484222325;
-
-/// Deterministic pseudo-random bytes.
-pub fn pattern(seed: u64, buf: &mut [u8]) {
-    let mut x = seed | 1;
-    for b in buf.iter_mut() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        *b = x as u8;
-    }
-}
 
 /// Closes with RST (SO_LINGER 0) instead of FIN.
 pub fn reset(c: TcpStream) {
