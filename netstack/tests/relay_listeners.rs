@@ -84,4 +84,9 @@ fn sigusr1_logs_the_counters() {
         stats["relay"]["bytes_tcp_to_stream"].as_u64().unwrap() >= 4,
         "{stats}"
     );
+    // Its own CPU time, for a relay measured where it runs (a DPU, a guest).
+    let cpu = stats["relay"]["cpu_us"].as_u64().unwrap();
+    assert!(cpu > 0, "{stats}");
+    let later = pod.cpu.stats_json().expect("stats")["relay"]["cpu_us"].as_u64();
+    assert!(later >= Some(cpu), "CPU time went backwards");
 }

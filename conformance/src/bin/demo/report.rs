@@ -261,7 +261,7 @@ pub fn print_table(split: &RunResult, all_cpu: &RunResult) {
                 "The DPU is a QEMU guest with its own kernel: \"on\" and its cores come from its agent. QEMU used {s:.3} s of host CPU emulating it during the split run (not in the totals above; DPU hardware does this work on its own cores)."
             );
         }
-        println!("The DPU-side relay runs in the guest: its CPU is not measured, its counters come from the agent.");
+        println!("The DPU-side relay runs in the guest: its CPU time and counters are its own, as the agent reports them.");
     } else {
         println!(
             "on: told from the cgroup (the emulated DPU keeps its containers under \"{}\"); cpus: the cpuset.",

@@ -260,7 +260,7 @@ pub async fn run_variant(ctx: &Ctx, settings: &Settings, variant: Variant) -> Re
             from_cgroup: after.is_some_and(|a| a.1),
         });
     }
-    let processes = processes
+    let mut processes: Vec<Row> = processes
         .iter()
         .zip(before_p)
         .map(|(p, before)| Row {
@@ -273,6 +273,22 @@ pub async fn run_variant(ctx: &Ctx, settings: &Settings, variant: Variant) -> Re
         .collect();
     let cpu_relay_after = measure::relay_counters(Some(&cpu_sock)).await;
     let dpu_relay_after = measure::dpu_relay_counters(&pod.id).await;
+    if heteropod_conformance::dpu::remote() {
+        // Not a host process: the relay in the guest reports its own CPU time.
+        let cpu_us = |d: &Option<Value>| {
+            d.as_ref()
+                .and_then(|d| measure::counter(d, "relay", "cpu_us"))
+        };
+        if let (Some(b), Some(a)) = (cpu_us(&dpu_relay_before), cpu_us(&dpu_relay_after)) {
+            processes.push(Row {
+                name: "HeteroNet relay, DPU side".into(),
+                pu: Pu::Dpu,
+                cpus: Some("guest".into()),
+                cpu_s: Some(a.saturating_sub(b) as f64 / 1e6),
+                from_cgroup: false,
+            });
+        }
+    }
     let emulator_cpu_s = qemu_before
         .zip(qemu.and_then(measure::process_cpu))
         .map(|(b, a)| a - b);
