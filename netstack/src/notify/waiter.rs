@@ -9,15 +9,22 @@ use std::sync::Arc;
 /// Budget bounds. The budget is twice the recent peak gap between arrivals
 /// (so a hop stays awake across a round trip while traffic is dense), capped:
 /// spinning costs the whole gap in CPU, a sleep costs one doorbell wake-up (a
-/// few µs of CPU on each side plus the wake latency), so a gap longer than
-/// the cap is cheaper to sleep through, and gaps above the cap shrink the
-/// budget towards the minimum. Measured on the 2-core box (100 B requests, one
-/// connection, both relays): 57-66 µs CPU per request with a 500 µs cap, where
-/// the relays spun across the whole Pod round trip, 21-36 µs with 15 µs.
-/// `HETERONET_SPIN_MAX_US` overrides the cap (A/B runs).
+/// few µs of CPU plus tens of µs of latency on an idle core), so a gap longer
+/// than the cap is slept through, and gaps above the cap shrink the budget
+/// towards the minimum. The cap must exceed the round trip of the rest of the
+/// path while every hop is awake (64 B echo through both relays: p50 ~28 µs,
+/// p99 ~80 µs on the 2-core box) and also the gap seen while the hops sleep
+/// (~90-130 µs): otherwise a relay that starts asleep (after an idle period)
+/// sees long gaps, keeps shrinking its budget and stays in a sleeping regime
+/// (50 µs cap: 2 sleeps per ping, p50 ~88 µs; 100 µs cap: 0.8 sleeps per ping
+/// after 10 s idle). A longer cap only buys spinning through a server's think
+/// time. Measured with `make bench-net` (2-core box, elastic,
+/// HETERONET_SPIN_MAX_US): cap 50 / 100 / 200 / 500 µs: p50 88 / 28 / 28-36 /
+/// 28 µs; relay CPU per request when the server thinks 100 µs 36 / 41 / 76 /
+/// 81 µs (busy-poll 115). `HETERONET_SPIN_MAX_US` overrides the cap.
 pub const START_BUDGET: Duration = Duration::from_micros(50);
 pub const MIN_BUDGET: Duration = Duration::from_micros(10);
-pub const MAX_BUDGET: Duration = Duration::from_micros(50);
+pub const MAX_BUDGET: Duration = Duration::from_micros(200);
 /// While spinning, hand the worker back to tokio this often, so tasks sharing
 /// the thread (and the epoll poll that yield_now triggers) still run.
 const YIELD_EVERY: Duration = Duration::from_micros(4);
