@@ -3,7 +3,7 @@
 //! Builds its own network namespaces and measures, in one run, 64-byte echo RTT,
 //! throughput of 64 KiB writes, idle CPU of the relays and RTT under many
 //! concurrent ping-pong streams, for: loopback in one netns, veth between two
-//! netns, a socat TCP -> Unix -> TCP relay, the HeteroNet relay (elastic and
+//! netns, a socat TCP -> Unix -> TCP relay, a kernel splice(2) relay, the HeteroNet relay (elastic and
 //! busy-poll) and the bare ring; and, with the DPU in a QEMU guest, the ring
 //! across the ivshmem BAR and the relays across it (`guest.rs`). Prints a
 //! table and writes JSON.
@@ -24,6 +24,8 @@ mod cpu;
 mod guest;
 #[path = "heteronet-bench/measure.rs"]
 mod measure;
+#[path = "heteronet-bench/splice.rs"]
+mod splice;
 #[path = "heteronet-bench/topo.rs"]
 mod topo;
 
@@ -185,6 +187,19 @@ fn main() -> Result<()> {
             tput.insert("relay_socat", measure_tput(&p, args.tput_secs)?);
         }
         let _ = std::fs::remove_file(&unix);
+    }
+
+    // splice: TCP in A -> pipe -> TCP to the server on B's loopback, no user copy.
+    if !(args.guest_only || args.cpu_only) {
+        let srv = serve(&veth.b.path(), "127.0.0.1:7004".parse()?)?;
+        let p = Path1 {
+            client_ns: veth.a.path(),
+            addr: "127.0.0.1:7005".parse()?,
+        };
+        splice::start(&veth.a.path(), p.addr, &veth.b.path(), srv)?;
+        wait_ready(&p.client_ns, p.addr)?;
+        rtt.insert("relay_splice", measure_rtt(&p, args.rtt_secs)?);
+        tput.insert("relay_splice", measure_tput(&p, args.tput_secs)?);
     }
 
     let relays: &[(&str, &str, &str)] = if args.baselines_only || args.guest_only {
@@ -374,6 +389,7 @@ fn print_table(
         "loopback",
         "veth",
         "relay_socat",
+        "relay_splice",
         "relay_elastic",
         "relay_busypoll",
         "ring",
