@@ -143,6 +143,17 @@ fn main() -> Result<()> {
             rtt.insert(name, measure_rtt(p, args.rtt_secs)?);
         }
         tput.insert(name, measure_tput(p, args.tput_secs)?);
+        // Concurrent ping-pongs over veth: the kernel's own p99 at each n, the
+        // reference for the relays' scale rows.
+        if *name == "veth" && !(args.quick || args.cpu_only) {
+            for n in [1usize, 8, 64, 256] {
+                let (p99, _) = measure_scale(p, n, args.scale_secs)?;
+                scale
+                    .entry("veth".to_string())
+                    .or_default()
+                    .insert(n.to_string(), p99);
+            }
+        }
     }
 
     // socat: TCP in A -> Unix socket -> TCP to the server on B's loopback.
