@@ -43,6 +43,30 @@ fn fake_relay(h: &mut Harness) -> std::path::PathBuf {
     args_file
 }
 
+/// The relay runs in the DPU's cgroup parent: on its cores, under its memory limit.
+fn assert_in_dpu_cgroup(h: &Harness, pid: u32) {
+    let want = format!("/{}", h.parent);
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    for c in ["cpuset", "memory", "cpuacct"] {
+        let line = cgroups.lines().find(|l| {
+            l.split(':')
+                .nth(1)
+                .is_some_and(|cs| cs.split(',').any(|x| x == c))
+        });
+        assert_eq!(
+            line.and_then(|l| l.splitn(3, ':').nth(2)),
+            Some(want.as_str()),
+            "relay {pid} not in the DPU {c} cgroup:\n{cgroups}"
+        );
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let allowed = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .map(str::trim);
+    assert_eq!(allowed, Some(h.cpus.as_str()), "relay {pid} cores");
+}
+
 fn pod_req(pod: &str) -> CreatePodNetworkRequest {
     CreatePodNetworkRequest {
         pod_id: pod.into(),
@@ -99,6 +123,7 @@ async fn pod_network_has_pod_ip_and_destroy_leaves_nothing() {
     // The relay runs with the Pod's settings; when it dies it comes back.
     let first = r.relay_pid;
     assert!(first > 0 && pid_alive(first));
+    assert_in_dpu_cgroup(&h, first);
     for _ in 0..100 {
         if args_file.exists() {
             break;
@@ -129,6 +154,7 @@ async fn pod_network_has_pod_ip_and_destroy_leaves_nothing() {
     }
     assert_ne!(second, first, "relay was not restarted");
     assert!(pid_alive(second));
+    assert_in_dpu_cgroup(&h, second);
 
     // Operators see the Pod, its relay, the restart and the relay's counters.
     let mut listed = Vec::new();

@@ -132,6 +132,19 @@ impl CgroupParent {
         Ok(())
     }
 
+    /// Moves process `pid` (all its threads) into the parent itself: DPU-side
+    /// relays then run on the DPU's cores and count against its memory and
+    /// CPU, like its containers.
+    pub fn confine(&self, pid: u32) -> Result<()> {
+        for c in ["cpuset", "cpu", "cpuacct", "memory"] {
+            let d = self.dir(c, None);
+            if d.is_dir() {
+                write(&d.join("cgroup.procs"), &pid.to_string())?;
+            }
+        }
+        Ok(())
+    }
+
     /// Removes the parent (only succeeds when no container cgroup is left).
     pub fn teardown(&self) {
         for c in CONTROLLERS {

@@ -83,7 +83,19 @@ fn remove_cgroup_tree(dir: &Path, problems: &mut Vec<String>) {
             remove_cgroup_tree(&e.path(), problems);
         }
     }
-    if let Err(e) = std::fs::remove_dir(dir) {
-        problems.push(format!("remove cgroup {}: {e}", dir.display()));
+    // Relays live in the parent itself; one just killed may take a moment to exit.
+    let mut tries = 0;
+    loop {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => return,
+            Err(e) if e.raw_os_error() == Some(nix::errno::Errno::EBUSY as i32) && tries < 40 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => {
+                problems.push(format!("remove cgroup {}: {e}", dir.display()));
+                return;
+            }
+        }
     }
 }

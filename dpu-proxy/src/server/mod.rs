@@ -93,12 +93,13 @@ impl Agent {
         ));
         let instance = format!("{}-{}", std::process::id(), process::now_nanos());
         let events = Arc::new(events::EventLog::new(instance));
-        let runtime = Runtime::new(&cfg.state_dir, exec, cg, events)?;
+        let runtime = Runtime::new(&cfg.state_dir, exec, cg.clone(), events)?;
         runtime.restore().await;
         let networks = Arc::new(network::Networks::new(
             &cfg.state_dir,
             cfg.relay.clone(),
             reaper,
+            cg,
         )?);
         networks.restore().await;
         let service = Arc::new(service::AgentService {

@@ -95,6 +95,8 @@ pub struct Networks {
     pods: tokio::sync::Mutex<HashMap<String, PodNet>>,
     /// The ivshmem device's interrupts and slots (`pci:` regions only).
     irqs: Arc<DeviceIrqs>,
+    /// The DPU's cgroup parent, where relays run.
+    cg: super::CgroupParent,
 }
 
 async fn run(reaper: &Reaper, cmd: Command) -> Result<()> {
@@ -141,7 +143,12 @@ pub fn parse_pod_ip(s: &str) -> Result<String> {
 }
 
 impl Networks {
-    pub fn new(state_dir: &Path, relay: Option<PathBuf>, reaper: Arc<Reaper>) -> Result<Self> {
+    pub fn new(
+        state_dir: &Path,
+        relay: Option<PathBuf>,
+        reaper: Arc<Reaper>,
+        cg: super::CgroupParent,
+    ) -> Result<Self> {
         let dir = state_dir.join("netns");
         let records = state_dir.join("pods");
         for d in [&dir, &records] {
@@ -154,6 +161,7 @@ impl Networks {
             reaper,
             pods: Default::default(),
             irqs: Arc::default(),
+            cg,
         })
     }
 
@@ -304,6 +312,7 @@ impl Networks {
         let stats_socket = self.stats_socket(&args.pod_id);
         let pci = vfio::parse_pci_region(&args.region)?;
         let irqs = self.irqs.clone();
+        let cg = self.cg.clone();
         let mut spawn = move || -> Result<(u32, tokio::sync::oneshot::Receiver<i32>)> {
             let mut cmd = Command::new(&bin);
             cmd.args(["--side", "dpu", "--netns"])
@@ -330,6 +339,10 @@ impl Networks {
                 Some(slot) => spawn_with_irqs(&reaper, &irqs, slot, cmd)?,
             }
             .map_err(Error::io(format!("spawn relay {}", bin.display())))?;
+            // On the DPU's cores, not the agent's; a relay left outside still works.
+            if let Err(e) = cg.confine(child.id()) {
+                tracing::warn!(pid = child.id(), "relay not moved to the DPU cgroup: {e}");
+            }
             // Persisted so that a restarted agent can replace this relay.
             args.relay_pid = child.id();
             args.relay_start_time = proc_start_time(child.id()).unwrap_or_default();
