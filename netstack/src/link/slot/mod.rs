@@ -209,34 +209,52 @@ impl Creator {
         let peer = self
             .port
             .check_peer(control::get(r, Rec::Opener, Word::PeerId)?, dv.max(sv))?;
-        let peer_data = self.port.bell(peer, dv)?;
-        let peer_space = self.port.bell(peer, sv)?;
-        let (data, space) = self.port.doorbells()?;
         let generation = r.reinit();
-        let (tx, rx) = super::ring_ends(r, true)?;
-        let monitor = Monitor::start(
-            r.clone(),
+        let link = finish(
+            r,
+            &self.port,
+            (peer, dv, sv),
             Role::Creator {
                 opener_epoch: epoch,
             },
-            self.port.clone(),
-            peer,
-        )
-        .map_err(Error::Doorbell)?;
+            side,
+            mode,
+        )?;
         self.last = epoch;
         control::set(r, Rec::Creator, Word::AckOrState, epoch)?;
         tracing::info!(peer, generation, "slot opener attached");
-        Ok(Link::assemble(
-            r.clone(),
-            tx,
-            rx,
-            (data, space, peer_data, peer_space),
-            Liveness::Slot(monitor),
-            side,
-            mode,
-            true,
-        ))
+        Ok(link)
     }
+}
+
+/// What both roles end with once the handshake is done: bells to the peer's
+/// `(peer, data vector, space vector)`, our own doorbells, the two ring ends
+/// and a monitor watching the slot as `role`.
+fn finish(
+    region: &Arc<Region>,
+    port: &Port,
+    (peer, data_vector, space_vector): (u16, u16, u16),
+    role: Role,
+    side: Side,
+    mode: NotifyMode,
+) -> Result<Link> {
+    let peer_data = port.bell(peer, data_vector)?;
+    let peer_space = port.bell(peer, space_vector)?;
+    let (data, space) = port.doorbells()?;
+    let is_creator = matches!(role, Role::Creator { .. });
+    let (tx, rx) = super::ring_ends(region, is_creator)?;
+    let monitor =
+        Monitor::start(region.clone(), role, port.clone(), peer).map_err(Error::Doorbell)?;
+    Ok(Link::assemble(
+        region.clone(),
+        tx,
+        rx,
+        (data, space, peer_data, peer_space),
+        Liveness::Slot(monitor),
+        side,
+        mode,
+        is_creator,
+    ))
 }
 
 impl Drop for Creator {
@@ -308,41 +326,26 @@ pub async fn connect(addr: &RegionAddr, port: Port, side: Side, mode: NotifyMode
         }
     };
     let generation = region.generation();
-    let built = (|| {
-        let peer_data = port.bell(creator, HOST_DATA_VECTOR)?;
-        let peer_space = port.bell(creator, HOST_SPACE_VECTOR)?;
-        let (data, space) = port.doorbells()?;
-        let (tx, rx) = super::ring_ends(&region, false)?;
-        Ok::<_, Error>((data, space, peer_data, peer_space, tx, rx))
-    })();
-    let (data, space, peer_data, peer_space, tx, rx) = match built {
-        Ok(b) => b,
+    let link = finish(
+        &region,
+        &port,
+        (creator, HOST_DATA_VECTOR, HOST_SPACE_VECTOR),
+        Role::Opener {
+            creator_epoch,
+            ours,
+            generation,
+        },
+        side,
+        mode,
+    );
+    let link = match link {
+        Ok(l) => l,
         Err(e) => {
             give_up();
             return Err(e);
         }
     };
     control::set(r, Rec::Opener, Word::AckOrState, STATE_ATTACHED)?;
-    let monitor = Monitor::start(
-        region.clone(),
-        Role::Opener {
-            creator_epoch,
-            ours,
-            generation,
-        },
-        port,
-        creator,
-    )
-    .map_err(Error::Doorbell)?;
     tracing::info!(creator, generation, "slot attached");
-    Ok(Link::assemble(
-        region,
-        tx,
-        rx,
-        (data, space, peer_data, peer_space),
-        Liveness::Slot(monitor),
-        side,
-        mode,
-        false,
-    ))
+    Ok(link)
 }
