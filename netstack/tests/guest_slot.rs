@@ -11,6 +11,7 @@
 
 #[path = "relay_common/faults.rs"]
 mod faults;
+#[macro_use]
 mod guest_common;
 #[path = "guest_common/relays.rs"]
 mod relays;
@@ -45,13 +46,7 @@ async fn next_event(ev: &mut MuxEvents, within: Duration) -> MuxEvent {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slot_link_across_a_real_ivshmem_bar_carries_checksummed_bytes() {
     let dir = tempfile::tempdir().unwrap();
-    let inp = match inputs(dir.path(), &VFIO_MODULES, test_examples_dir()) {
-        Ok(i) => i,
-        Err(why) => {
-            eprintln!("SKIP: {why}");
-            return;
-        }
-    };
+    let inp = or_skip!(inputs(dir.path(), &VFIO_MODULES, test_examples_dir()));
     eprintln!("guest: kernel {}, accel {}", inp.kernel.source, inp.accel);
     let (socket, stop) = server(dir.path()).unwrap();
     let run = format!("RUST_LOG=info /guest_slot {BDF} {SLOT} {SLOTS}");
@@ -64,19 +59,8 @@ async fn slot_link_across_a_real_ivshmem_bar_carries_checksummed_bytes() {
         .unwrap();
     let listener = LinkBuilder::new(addr).side(Side::Cpu).bind().await.unwrap();
     let (mux, mut events) = Mux::start(listener);
-    let (qemu, rx) = match boot(&socket, &inp, &initrd) {
-        Ok(q) => q,
-        Err(why) => {
-            eprintln!("SKIP: {why}");
-            return;
-        }
-    };
-    let lines = tokio::task::spawn_blocking(move || {
-        expect_line(&rx, "GUEST-VFIO", BOOT);
-        rx
-    })
-    .await
-    .unwrap();
+    let (qemu, rx) = or_skip!(boot(&socket, &inp, &initrd));
+    let lines = await_line(rx, "GUEST-VFIO").await;
     match next_event(&mut events, BOOT).await {
         MuxEvent::PeerUp => {}
         other => panic!("expected PeerUp, got {other:?}"),
@@ -198,13 +182,7 @@ fn fill_pattern(buf: &mut [u8], at: u64) {
 async fn real_relays_across_a_real_ivshmem_bar_echo_checksummed_bytes() {
     const PORT: u16 = 18400;
     let dir = tempfile::tempdir().unwrap();
-    let inp = match inputs(dir.path(), &RELAY_MODULES, test_examples_dir()) {
-        Ok(i) => i,
-        Err(why) => {
-            eprintln!("SKIP: {why}");
-            return;
-        }
-    };
+    let inp = or_skip!(inputs(dir.path(), &RELAY_MODULES, test_examples_dir()));
     eprintln!("guest: kernel {}, accel {}", inp.kernel.source, inp.accel);
     let (socket, stop) = server(dir.path()).unwrap();
     let relay = PathBuf::from(env!("CARGO_BIN_EXE_heteronet"));
@@ -231,19 +209,8 @@ async fn real_relays_across_a_real_ivshmem_bar_echo_checksummed_bytes() {
         log: dir.path().join("cpu.log"),
     };
     cpu.start();
-    let (qemu, rx) = match boot(&socket, &inp, &initrd) {
-        Ok(q) => q,
-        Err(why) => {
-            eprintln!("SKIP: {why}");
-            return;
-        }
-    };
-    let rx = tokio::task::spawn_blocking(move || {
-        expect_line(&rx, "GUEST-RELAY", BOOT);
-        rx
-    })
-    .await
-    .unwrap();
+    let (qemu, rx) = or_skip!(boot(&socket, &inp, &initrd));
+    let rx = await_line(rx, "GUEST-RELAY").await;
     // Drain the guest console in the background (relay logs), keep the tail.
     let tail = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let t = tail.clone();
@@ -440,13 +407,7 @@ async fn real_relays_across_a_real_ivshmem_bar_echo_checksummed_bytes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bare_ring_ping_pong_across_a_real_ivshmem_bar() {
     let dir = tempfile::tempdir().unwrap();
-    let inp = match inputs(dir.path(), &VFIO_MODULES, test_examples_dir()) {
-        Ok(i) => i,
-        Err(why) => {
-            eprintln!("SKIP: {why}");
-            return;
-        }
-    };
+    let inp = or_skip!(inputs(dir.path(), &VFIO_MODULES, test_examples_dir()));
     let (socket, stop) = server(dir.path()).unwrap();
     let programs = [(inp.examples.join("guest_slot"), "guest_slot")];
     let run = format!("/guest_slot ring {BDF} 0 {SLOTS}");
@@ -463,13 +424,7 @@ async fn bare_ring_ping_pong_across_a_real_ivshmem_bar() {
         std::sync::Arc::new(heteronet::shm::Region::create_in(&addr, shm, None, 0).unwrap());
     let mut tx = region.ring(0).unwrap().acquire_producer().unwrap();
     let mut rx = region.ring(1).unwrap().acquire_consumer().unwrap();
-    let (qemu, lines) = match boot(&socket, &inp, &initrd) {
-        Ok(q) => q,
-        Err(why) => {
-            eprintln!("SKIP: {why}");
-            return;
-        }
-    };
+    let (qemu, lines) = or_skip!(boot(&socket, &inp, &initrd));
     let (rtt, lines) = tokio::task::spawn_blocking(move || {
         expect_line(&lines, "GUEST-RING-READY", BOOT);
         let rtt = heteronet::bench::ring_ping(

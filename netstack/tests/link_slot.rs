@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use heteronet::{Destination, LinkBuilder, Mux, MuxEvent, MuxEvents, RegionAddr, Side};
+use heteronet::{Destination, LinkBuilder, Listener, Mux, MuxEvent, MuxEvents, RegionAddr, Side};
 use heteropod_ivshmem::{Server, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
@@ -109,15 +109,20 @@ async fn echo_round(h: &heteronet::MuxHandle, ev: &mut MuxEvents, n: usize) {
     echo.await.unwrap();
 }
 
+/// The slot's creator (CPU side), bound at `a`.
+async fn bind_cpu(a: &RegionAddr) -> Listener {
+    LinkBuilder::new(a.clone())
+        .side(Side::Cpu)
+        .bind()
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slot_link_echoes_and_survives_opener_and_creator_restarts() {
     let srv = server(8, 1 << 20);
     let a = addr(&srv, "1/4");
-    let creator = LinkBuilder::new(a.clone())
-        .side(Side::Cpu)
-        .bind()
-        .await
-        .unwrap();
+    let creator = bind_cpu(&a).await;
     let (cpu, mut cpu_ev) = Mux::start(creator);
     let opener = LinkBuilder::new(a.clone()).side(Side::Dpu);
     let (dpu, mut dpu_ev) = Mux::start(opener.clone());
@@ -140,7 +145,7 @@ async fn slot_link_echoes_and_survives_opener_and_creator_restarts() {
     cpu.close();
     drop(cpu_ev);
     expect_gone(&mut dpu_ev).await;
-    let creator = LinkBuilder::new(a).side(Side::Cpu).bind().await.unwrap();
+    let creator = bind_cpu(&a).await;
     let (_cpu, mut cpu_ev) = Mux::start(creator);
     expect_up(&mut cpu_ev).await;
     expect_up(&mut dpu_ev).await;
@@ -156,11 +161,7 @@ async fn opener_may_start_first_and_a_dead_peer_times_out() {
     let (dpu, mut dpu_ev) = Mux::start(LinkBuilder::new(a.clone()).side(Side::Dpu));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!dpu.is_connected());
-    let creator = LinkBuilder::new(a.clone())
-        .side(Side::Cpu)
-        .bind()
-        .await
-        .unwrap();
+    let creator = bind_cpu(&a).await;
     let region = creator.region().clone();
     let (cpu, mut cpu_ev) = Mux::start(creator);
     expect_up(&mut cpu_ev).await;
@@ -237,11 +238,7 @@ async fn bad_requests_and_missing_pieces_are_clear_errors() {
         .to_string();
     assert!(e.contains("--irq-fds"), "{e}");
 
-    let creator = LinkBuilder::new(a.clone())
-        .side(Side::Cpu)
-        .bind()
-        .await
-        .unwrap();
+    let creator = bind_cpu(&a).await;
     let region = creator.region().clone();
     let (_cpu, mut cpu_ev) = Mux::start(creator);
     // A forged request with a peer id the server never gave out is refused,
@@ -281,11 +278,7 @@ async fn bad_requests_and_missing_pieces_are_clear_errors() {
 async fn garbage_over_the_control_block_ends_the_link_and_it_heals() {
     let srv = server(8, 1 << 20);
     let a = addr(&srv, "3/4");
-    let creator = LinkBuilder::new(a.clone())
-        .side(Side::Cpu)
-        .bind()
-        .await
-        .unwrap();
+    let creator = bind_cpu(&a).await;
     let region = creator.region().clone();
     let (cpu, mut cpu_ev) = Mux::start(creator);
     let (dpu, mut dpu_ev) = Mux::start(LinkBuilder::new(a).side(Side::Dpu));

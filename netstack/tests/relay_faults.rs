@@ -10,14 +10,7 @@ use relay_common::*;
 
 /// An open echo connection from `ns` to `addr`.
 fn open_echo(pod_ns: &std::path::Path, addr: SocketAddr) -> TcpStream {
-    in_ns(pod_ns, move || {
-        let mut c = TcpStream::connect(addr).unwrap();
-        c.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-        c.write_all(b"ping").unwrap();
-        let mut b = [0u8; 4];
-        c.read_exact(&mut b).unwrap();
-        c
-    })
+    faults::pinged(in_ns(pod_ns, move || TcpStream::connect(addr).unwrap()))
 }
 
 /// Writes once more and reads until the connection ends; the way it ended.
@@ -78,57 +71,14 @@ fn garbage_in_the_region_ends_streams_but_relays_stay_up() {
     echo_server(&pod.dpu_path(), "127.0.0.1:18111");
     wait_echo(&pod.cpu_path(), addr);
     // A connection that keeps echoing until it fails; its error is the result.
-    let mut c = open_echo(&pod.cpu_path(), addr);
-    let client = std::thread::spawn(move || {
-        let mut buf = vec![0u8; 4096];
-        loop {
-            if let Err(e) = c.write_all(&buf) {
-                return e.kind();
-            }
-            match c.read_exact(&mut buf) {
-                Ok(()) => {}
-                Err(e) if e.kind() == ErrorKind::UnexpectedEof => return e.kind(),
-                Err(e) => return e.kind(),
-            }
-        }
-    });
+    let client = faults::echo_until_error(in_ns(&pod.cpu_path(), move || {
+        TcpStream::connect(addr).unwrap()
+    }));
     std::thread::sleep(Duration::from_millis(100));
-
-    // Scribble over everything after the header page (ring indices and data)
-    // for a while, so the relays read garbage whatever they cached.
-    use std::io::{Seek, SeekFrom};
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&pod.region_file)
-        .unwrap();
-    let len = f.metadata().unwrap().len() as usize;
-    let mut junk = vec![0u8; len - 4096];
-    for seed in 0..20u64 {
-        pattern(0xbad + seed, &mut junk);
-        f.seek(SeekFrom::Start(4096)).unwrap();
-        f.write_all(&junk).unwrap();
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    drop(f);
-
-    let end = client.join().unwrap();
-    assert_ne!(
-        end,
-        ErrorKind::TimedOut,
-        "stream stalled instead of ending:\n{}",
-        pod.logs()
-    );
-    eventually(10, "a logged corruption error", || {
-        let l = pod.logs();
-        (l.contains("ERROR") && l.contains("streams reset")).then_some(())
-    });
-    assert!(
-        pod.cpu.alive() && pod.dpu.alive(),
-        "a relay died:\n{}",
-        pod.logs()
-    );
-    wait_echo(&pod.cpu_path(), addr);
+    // Garbage over everything after the header page (ring indices and data).
+    let len = std::fs::metadata(&pod.region_file).unwrap().len();
+    faults::scribble(&pod.region_file, 0, len);
+    assert_survived_garbage(&mut pod, client, addr);
 }
 
 #[test]

@@ -14,64 +14,7 @@ const MIB: usize = 1024 * 1024;
 #[test]
 fn transfer_of_64_mib_each_way_is_byte_exact() {
     let pod = Pod::new();
-    // DPU server: checksums what it receives, then sends its own 64 MiB.
-    let addr: SocketAddr = "127.0.0.1:18090".parse().unwrap();
-    let (tx, rx) = mpsc::channel();
-    in_ns(&pod.dpu_path(), move || {
-        let l = TcpListener::bind(addr).unwrap();
-        std::thread::spawn(move || {
-            let (mut c, _) = l.accept().unwrap();
-            let mut h = FNV_INIT;
-            let mut buf = vec![0u8; 256 * 1024];
-            let mut total = 0usize;
-            loop {
-                let n = c.read(&mut buf).unwrap();
-                if n == 0 {
-                    break;
-                }
-                fnv(&mut h, &buf[..n]);
-                total += n;
-            }
-            let mut data = vec![0u8; 64 * MIB];
-            pattern(2, &mut data);
-            c.write_all(&data).unwrap();
-            c.shutdown(Shutdown::Write).unwrap();
-            tx.send((total, h)).unwrap();
-        });
-    });
-    wait_mirror(&pod.cpu_path(), addr);
-    let (sent_h, got_total, got_h) = in_ns(&pod.cpu_path(), move || {
-        let mut c = TcpStream::connect(addr).unwrap();
-        let mut data = vec![0u8; 64 * MIB];
-        pattern(1, &mut data);
-        let mut sent_h = FNV_INIT;
-        fnv(&mut sent_h, &data);
-        for chunk in data.chunks(64 * 1024) {
-            c.write_all(chunk).unwrap();
-        }
-        c.shutdown(Shutdown::Write).unwrap();
-        let mut h = FNV_INIT;
-        let mut buf = vec![0u8; 256 * 1024];
-        let mut total = 0usize;
-        loop {
-            let n = c.read(&mut buf).unwrap();
-            if n == 0 {
-                break;
-            }
-            fnv(&mut h, &buf[..n]);
-            total += n;
-        }
-        (sent_h, total, h)
-    });
-    let (srv_total, srv_h) = rx.recv_timeout(Duration::from_secs(60)).unwrap();
-    assert_eq!(srv_total, 64 * MIB);
-    assert_eq!(srv_h, sent_h, "CPU -> DPU bytes differ");
-    let mut want = vec![0u8; 64 * MIB];
-    pattern(2, &mut want);
-    let mut want_h = FNV_INIT;
-    fnv(&mut want_h, &want);
-    assert_eq!(got_total, 64 * MIB);
-    assert_eq!(got_h, want_h, "DPU -> CPU bytes differ");
+    transfer::transfer(&pod, "127.0.0.1:18090".parse().unwrap(), 64 * MIB);
 }
 
 #[test]

@@ -153,6 +153,35 @@ pub fn wait_line(
     }
 }
 
+/// The value of a `Result<_, String>`, or the test returns early, printing
+/// `SKIP: <why>` (QEMU or the guest's inputs are missing here).
+#[allow(unused_macros)]
+macro_rules! or_skip {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(why) => {
+                eprintln!("SKIP: {why}");
+                return;
+            }
+        }
+    };
+}
+
+/// [`expect_line`] of `prefix` (within [`BOOT`]) off the async runtime's
+/// threads; gives the console back.
+pub async fn await_line(
+    rx: mpsc::Receiver<String>,
+    prefix: &'static str,
+) -> mpsc::Receiver<String> {
+    tokio::task::spawn_blocking(move || {
+        expect_line(&rx, prefix, BOOT);
+        rx
+    })
+    .await
+    .unwrap()
+}
+
 /// [`wait_line`] for tests: echoes the other lines, panics on failure.
 pub fn expect_line(rx: &mpsc::Receiver<String>, prefix: &str, within: Duration) -> String {
     wait_line(rx, prefix, within, &mut |l| eprintln!("guest: {l}"))

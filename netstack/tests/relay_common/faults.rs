@@ -32,14 +32,20 @@ pub fn scribble(shm: &Path, start: u64, len: u64) {
     }
 }
 
-/// Pings once through `c` (so the stream is up before any fault), then echoes
-/// 4 KiB at a time on a thread until the stream fails (reads time out after
-/// 15 s); the thread's result is the error.
-pub fn echo_until_error(mut c: TcpStream) -> std::thread::JoinHandle<ErrorKind> {
+/// `c` with a 15 s read timeout, after one echoed ping: the stream is up.
+pub fn pinged(mut c: TcpStream) -> TcpStream {
     c.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
     c.write_all(b"ping").unwrap();
     let mut b = [0u8; 4];
     c.read_exact(&mut b).unwrap();
+    c
+}
+
+/// Pings once through `c` (so the stream is up before any fault), then echoes
+/// 4 KiB at a time on a thread until the stream fails (reads time out after
+/// 15 s); the thread's result is the error.
+pub fn echo_until_error(c: TcpStream) -> std::thread::JoinHandle<ErrorKind> {
+    let mut c = pinged(c);
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 4096];
         loop {

@@ -4,6 +4,7 @@
 
 pub mod faults;
 pub mod ivshmem;
+pub mod transfer;
 
 // Not every test binary fills buffers.
 #[allow(unused_imports)]
@@ -531,4 +532,31 @@ pub fn concurrent_echoes(server_ns: &Path, client_ns: &Path, addr: SocketAddr, n
             ok
         })
     })
+}
+
+/// After garbage was written into `pod`'s region while `client` echoed
+/// through `addr`: the stream ended (not stalled), the error was logged, both
+/// relays are up and new connections work.
+pub fn assert_survived_garbage(
+    pod: &mut Pod,
+    client: thread::JoinHandle<std::io::ErrorKind>,
+    addr: SocketAddr,
+) {
+    let end = client.join().unwrap();
+    assert_ne!(
+        end,
+        std::io::ErrorKind::TimedOut,
+        "stream stalled instead of ending:\n{}",
+        pod.logs()
+    );
+    eventually(10, "a logged corruption error", || {
+        let l = pod.logs();
+        (l.contains("ERROR") && l.contains("streams reset")).then_some(())
+    });
+    assert!(
+        pod.cpu.alive() && pod.dpu.alive(),
+        "a relay died:\n{}",
+        pod.logs()
+    );
+    wait_echo(&pod.cpu_path(), addr);
 }
