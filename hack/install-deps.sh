@@ -7,7 +7,9 @@ set -euo pipefail
 #   containerd runc containernetworking-plugins: the private container stack
 #   iptables iproute2: CNI bridge/portmap, netns work in tests
 #   protobuf-compiler: prost/tonic build scripts (k8s-cri, dpu-proxy protos)
-#   socat iperf3 netcat-openbsd curl: relays, benchmarks, probes
+#   socat iperf3 netcat-openbsd curl sockperf python3: relays, benchmarks, probes,
+#   and the unmodified programs of the fast-path tests; busybox-static: a
+#   statically linked client (the fast path cannot preload it)
 #   umoci skopeo: offline OCI images; build-essential libc6-dev: static pause
 #   pkg-config: crates with system libraries; procps psmisc util-linux: scripts
 #   qemu-system-x86 cpio xz-utils: the DPU in a QEMU guest (hack/qemu/);
@@ -15,7 +17,7 @@ set -euo pipefail
 PACKAGES=(
     containerd runc containernetworking-plugins
     iptables iproute2 protobuf-compiler
-    socat iperf3 netcat-openbsd curl
+    socat iperf3 netcat-openbsd curl sockperf python3 busybox-static
     umoci skopeo build-essential libc6-dev pkg-config
     procps psmisc util-linux ca-certificates
     qemu-system-x86 cpio xz-utils

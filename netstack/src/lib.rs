@@ -4,11 +4,13 @@
 //! rings; [`notify`] lets a waiter spin briefly and then sleep on an eventfd
 //! doorbell; [`link`] joins two processes to one region (rendezvous over a
 //! path Unix socket, doorbells passed with SCM_RIGHTS); [`mux`] carries many
-//! credit-controlled streams and control messages over one link.
+//! credit-controlled streams and control messages over one link; [`fastpath`]
+//! gives one program connection a ring pair of its own (hetero-socket).
 #![deny(unsafe_code)]
 
 pub mod bench;
 pub mod error;
+pub mod fastpath;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod link;

@@ -145,7 +145,8 @@ impl LinkBuilder {
         self
     }
 
-    fn socket_path(&self) -> Result<PathBuf> {
+    /// The rendezvous socket's path: the explicit one, or the default for `shm:`.
+    pub fn socket_path(&self) -> Result<PathBuf> {
         if let Some(p) = &self.rendezvous {
             return Ok(p.clone());
         }

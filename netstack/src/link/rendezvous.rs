@@ -1,22 +1,19 @@
 //! The rendezvous handshake: the creator sends the region (fd and address) and
 //! the four doorbell eventfds with SCM_RIGHTS; the opener validates and replies.
 
-use std::io::{IoSlice, IoSliceMut};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::time::Duration;
 
-use nix::sys::socket::{self, ControlMessage, ControlMessageOwned, MsgFlags, UnixAddr};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::UnixStream;
 
 use crate::error::{Error, Result};
-use crate::shm::region::adopt_received_fds;
+use crate::fastpath::fds::{recv_with_fds, send_with_fds};
 
 const HELLO: &[u8; 4] = b"HNET";
 const OK: &[u8; 4] = b"HNOK";
 const PROTO_VERSION: u32 = 1;
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-const MAX_FDS: usize = 5;
 
 /// What the creator tells the opener.
 #[derive(Debug)]
@@ -51,12 +48,9 @@ pub async fn send_hello(
     msg.push(u8::from(has_region_fd));
     msg.extend_from_slice(&(addr.len() as u16).to_le_bytes());
     msg.extend_from_slice(addr.as_bytes());
-    let iov = [IoSlice::new(&msg)];
-    let cmsg = [ControlMessage::ScmRights(fds)];
     let sent = conn
         .async_io(Interest::WRITABLE, || {
-            socket::sendmsg::<UnixAddr>(conn.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None)
-                .map_err(std::io::Error::from)
+            send_with_fds(conn.as_fd(), &msg, fds)
         })
         .await
         .map_err(io("sendmsg"))?;
@@ -69,29 +63,10 @@ pub async fn send_hello(
 /// Receives and parses the hello.
 pub async fn recv_hello(conn: &UnixStream) -> Result<Hello> {
     let mut buf = [0u8; 4096];
-    let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
-    let (n, raw) = conn
-        .async_io(Interest::READABLE, || {
-            let mut iov = [IoSliceMut::new(&mut buf)];
-            let m = socket::recvmsg::<UnixAddr>(
-                conn.as_raw_fd(),
-                &mut iov,
-                Some(&mut cmsg),
-                MsgFlags::MSG_CMSG_CLOEXEC,
-            )
-            .map_err(std::io::Error::from)?;
-            let mut raw = Vec::new();
-            for c in m.cmsgs().map_err(std::io::Error::from)? {
-                if let ControlMessageOwned::ScmRights(fds) = c {
-                    raw.extend(fds);
-                }
-            }
-            Ok((m.bytes, raw))
-        })
+    let (n, mut fds) = conn
+        .async_io(Interest::READABLE, || recv_with_fds(conn.as_fd(), &mut buf))
         .await
         .map_err(io("recvmsg"))?;
-    // Own the fds first so every path below closes them.
-    let mut fds = adopt_received_fds(&raw);
     let b = &buf[..n];
     if n < 20 || &b[..4] != HELLO {
         return Err(Error::Handshake("not a heteronet rendezvous"));

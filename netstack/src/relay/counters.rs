@@ -26,11 +26,24 @@ pub struct Counters {
     pub udp_datagrams_in: AtomicU64,
     pub control_errors: AtomicU64,
     pub peer_gone: AtomicU64,
+    /// Fast-path connections: brokered (CPU side) or served (DPU side).
+    pub fast_connects: AtomicU64,
+    /// Fast-path requests answered "use the kernel" (not the other half's listener).
+    pub fast_passed: AtomicU64,
+    pub fast_failed: AtomicU64,
+    pub fast_active: AtomicU64,
+    pub fast_reset: AtomicU64,
+    pub fast_bytes_in: AtomicU64,
+    pub fast_bytes_out: AtomicU64,
 }
 
 impl Counters {
     pub fn inc(c: &AtomicU64) {
         c.fetch_add(1, Relaxed);
+    }
+
+    pub fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Relaxed);
     }
 
     pub fn dec(c: &AtomicU64) {
@@ -53,6 +66,13 @@ impl Counters {
             "udp_datagrams_in": g(&self.udp_datagrams_in),
             "control_errors": g(&self.control_errors),
             "peer_gone": g(&self.peer_gone),
+            "fast_connects": g(&self.fast_connects),
+            "fast_passed": g(&self.fast_passed),
+            "fast_failed": g(&self.fast_failed),
+            "fast_active": g(&self.fast_active),
+            "fast_reset": g(&self.fast_reset),
+            "fast_bytes_in": g(&self.fast_bytes_in),
+            "fast_bytes_out": g(&self.fast_bytes_out),
             "cpu_us": process_cpu_us(),
         })
     }

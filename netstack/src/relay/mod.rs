@@ -12,6 +12,7 @@ pub mod control;
 pub mod counters;
 pub mod egress;
 pub mod error;
+mod fast;
 pub mod mirror;
 pub mod netns;
 pub mod session;

@@ -40,12 +40,12 @@ impl Resettable for MuxStream {
 
 /// Shared state of the tasks of one relay.
 #[derive(Clone)]
-struct Ctx {
-    mux: MuxHandle,
-    counters: Arc<Counters>,
-    mirrors: MirrorView,
-    pod_ip: Option<IpAddr>,
-    mark: bool,
+pub(super) struct Ctx {
+    pub(super) mux: MuxHandle,
+    pub(super) counters: Arc<Counters>,
+    pub(super) mirrors: MirrorView,
+    pub(super) pod_ip: Option<IpAddr>,
+    pub(super) mark: bool,
 }
 
 /// Runs the relay until `shutdown` completes.
@@ -62,6 +62,11 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
             |f: &std::os::fd::OwnedFd| f.try_clone().map_err(|e| Error::io("dup --irq-fds", e));
         builder = builder.irq_fds(dup(&fds.0)?, dup(&fds.1)?);
     }
+    // Fast connections meet beside the rendezvous socket (none for slot links).
+    let fast_socket = builder
+        .socket_path()
+        .ok()
+        .map(|p| crate::fastpath::fast_socket_path(&p));
     // The creator accepts the peer again after it restarts; the opener reconnects by itself.
     let source: LinkSource = if cfg.create {
         builder.bind().await?.into()
@@ -101,6 +106,11 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
         });
         tokio::spawn(udp::serve_local(sock, open, counters.clone()));
     }
+
+    let _fast = match fast_socket {
+        Some(path) => super::fast::start(cfg.side, &ctx, path),
+        None => None,
+    };
 
     let snap_c = counters.clone();
     let snap_m = mux.clone();
@@ -287,7 +297,7 @@ fn source_for(ctx: &Ctx, addr: SocketAddr) -> Option<SocketAddr> {
     }
 }
 
-async fn connect_tcp(ctx: &Ctx, addr: SocketAddr) -> Result<TcpStream> {
+pub(super) async fn connect_tcp(ctx: &Ctx, addr: SocketAddr) -> Result<TcpStream> {
     let io = |e| Error::io(format!("connect {addr}"), e);
     let sock = if addr.is_ipv4() {
         TcpSocket::new_v4()

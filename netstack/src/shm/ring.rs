@@ -561,6 +561,42 @@ impl Producer {
         Ok(self.ring.free(&self.st) >= need)
     }
 
+    /// Takes this side's shared words (tail, waiting flag) as its own state.
+    /// For a ring end that several processes use in turn (a program's
+    /// connection after `fork`): whoever wrote last moved the tail. The words
+    /// are checked against the consumer's head like any index from the peer.
+    pub fn adopt_shared(&mut self) -> Result<(), RingError> {
+        if let Some(e) = &self.st.broken {
+            return Err(e.clone());
+        }
+        let c = self.ring.ctrl();
+        let tail = c.tail.0.load(Ordering::Acquire);
+        let head = c.head.0.load(Ordering::Acquire);
+        if tail.wrapping_sub(head) > self.ring.capacity || tail & 7 != 0 {
+            let e = RingError::IndexOutOfRange {
+                head,
+                tail,
+                capacity: self.ring.capacity,
+            };
+            self.st.broken = Some(e.clone());
+            return Err(e);
+        }
+        self.st.tail = tail;
+        self.st.published = tail;
+        self.st.head_cache = head;
+        self.st.waiting = c.producer_sleeping.0.load(Ordering::Relaxed) != 0;
+        Ok(())
+    }
+
+    /// Free bytes now (reloads the head).
+    pub fn free_bytes(&mut self) -> Result<u64, RingError> {
+        if let Some(e) = &self.st.broken {
+            return Err(e.clone());
+        }
+        self.ring.load_head(&mut self.st)?;
+        Ok(self.ring.free(&self.st))
+    }
+
     /// Announces (or withdraws) that this producer waits for space. After setting
     /// it, re-check [`Producer::fits`] before sleeping (the fence pairs with `release`).
     pub fn set_waiting(&mut self, on: bool) {
@@ -625,6 +661,41 @@ impl Consumer {
         Ok(self.st.head != self.st.tail_cache)
     }
 
+    /// Takes this side's shared words (head, sleeping flag) as its own state;
+    /// see [`Producer::adopt_shared`]. Records not yet released are released.
+    pub fn adopt_shared(&mut self) -> Result<(), RingError> {
+        if let Some(e) = &self.st.broken {
+            return Err(e.clone());
+        }
+        self.ring.release(&mut self.st);
+        let c = self.ring.ctrl();
+        let head = c.head.0.load(Ordering::Acquire);
+        let tail = c.tail.0.load(Ordering::Acquire);
+        if tail.wrapping_sub(head) > self.ring.capacity || head & 7 != 0 {
+            let e = RingError::IndexOutOfRange {
+                head,
+                tail,
+                capacity: self.ring.capacity,
+            };
+            self.st.broken = Some(e.clone());
+            return Err(e);
+        }
+        self.st.head = head;
+        self.st.released = head;
+        self.st.tail_cache = head;
+        self.st.sleeping = c.consumer_sleeping.0.load(Ordering::Relaxed) != 0;
+        Ok(())
+    }
+
+    /// Bytes published and not yet consumed (reloads the tail).
+    pub fn backlog(&mut self) -> Result<u64, RingError> {
+        if let Some(e) = &self.st.broken {
+            return Err(e.clone());
+        }
+        self.ring.load_tail(&mut self.st)?;
+        Ok(self.st.tail_cache.wrapping_sub(self.st.head))
+    }
+
     /// Announces (or withdraws) that this consumer sleeps. After setting it,
     /// re-check [`Consumer::has_data`] before sleeping (the fence pairs with `publish`).
     pub fn set_sleeping(&mut self, on: bool) {
@@ -635,6 +706,10 @@ impl Consumer {
             .0
             .store(u64::from(on), Ordering::Relaxed);
         fence(Ordering::SeqCst);
+    }
+
+    pub fn capacity(&self) -> u64 {
+        self.ring.capacity
     }
 
     /// Bytes consumed but not yet released.

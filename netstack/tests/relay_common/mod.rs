@@ -359,6 +359,7 @@ impl Drop for Pod {
         }
         let _ = std::fs::remove_file(&self.region_file);
         let _ = std::fs::remove_file(&self.rendezvous);
+        let _ = std::fs::remove_file(heteronet::fastpath::fast_socket_path(&self.rendezvous));
         for f in [
             &self.cpu.log,
             &self.dpu.log,

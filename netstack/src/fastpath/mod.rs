@@ -1,0 +1,49 @@
+//! The fast path (hetero-socket): a program's own TCP connection to the other
+//! half of its Pod, carried on a ring pair of its own instead of kernel TCP.
+//!
+//! The pieces meet like this (emulated DPU; the relays share a host):
+//! * The CPU relay runs a broker on an abstract Unix socket
+//!   ([`BROKER_NAME`]) in the Pod's network namespace, so every container of
+//!   the Pod, and nothing outside it, can reach it.
+//! * The preloaded library (`libheterosocket.so`) sends a [`wire::Request`]
+//!   for each TCP connect. The broker answers `Pass` unless the destination is
+//!   a listener of the other half; then it creates a sealed memfd region with
+//!   two rings, connects to the DPU relay's fast socket
+//!   ([`fast_socket_path`]) and forwards the request with the region.
+//! * The DPU relay connects to the real listener and answers; the broker hands
+//!   the program the answer, its end of that Unix connection and the region,
+//!   and forgets them: the data never passes the CPU relay.
+//!
+//! On the connection: ring 0 carries program → DPU relay, ring 1 the reverse.
+//! A record is data; an empty record is the end of the stream (FIN). The Unix
+//! connection is the program's descriptor: the DPU relay writes one
+//! [`DATA_TOKEN`] byte per record it publishes, so the descriptor is readable
+//! exactly while records wait (epoll, poll and select need no help); the
+//! program writes a byte when the relay announced it sleeps. When the
+//! program's ring is nearly full it fills its socket's send buffer, so its
+//! descriptor stops polling writable; the relay reads (and drops) those bytes
+//! once the ring is half empty again, as a kernel socket's send buffer drains.
+//! The Unix connection closing is the peer going away: without a FIN first,
+//! that is a reset.
+
+pub mod fds;
+pub mod wire;
+
+use std::path::{Path, PathBuf};
+
+/// Abstract Unix socket name of the broker, in the Pod's network namespace.
+pub const BROKER_NAME: &[u8] = b"heteropod.fastpath";
+/// The byte the DPU relay sends per published record.
+pub const DATA_TOKEN: u8 = b'D';
+/// Ring bytes per direction of one fast connection.
+pub const RING_BYTES: u64 = 256 * 1024;
+/// Most fast connections one DPU relay serves at once; beyond, programs get
+/// `Pass` and use the relay (bounded memory whatever a Pod asks for).
+pub const MAX_CONNECTIONS: usize = 4096;
+
+/// The DPU relay's fast socket, next to the link's rendezvous socket.
+pub fn fast_socket_path(rendezvous: &Path) -> PathBuf {
+    let mut p = rendezvous.as_os_str().to_owned();
+    p.push(".fast");
+    p.into()
+}

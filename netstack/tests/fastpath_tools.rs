@@ -1,0 +1,382 @@
+//! hetero-socket: unmodified Debian programs, preloaded with
+//! libheterosocket.so in the CPU half of a split Pod network (two real netns,
+//! the real relays), reach servers in the DPU half on the fast path (checked
+//! in the relays' counters), byte-exact; what the library does not serve
+//! goes through the kernel and the relay.
+
+mod relay_common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use relay_common::*;
+
+/// target/<profile>/libheterosocket.so, built by `cargo test --workspace`.
+fn library() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let lib = dir.join("libheterosocket.so");
+    assert!(
+        lib.exists(),
+        "{} missing: build the workspace (cargo build -p heterosocket) first",
+        lib.display()
+    );
+    lib
+}
+
+fn command(ns: &str, preload: bool, cmd: &str) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns, "sh", "-c", cmd]);
+    if preload {
+        c.env("LD_PRELOAD", library());
+    }
+    c
+}
+
+/// Runs `cmd` in netns `ns`, preloaded or not, killed after `secs`.
+fn run(ns: &str, preload: bool, secs: u32, cmd: &str) -> Output {
+    let limited = format!(
+        "exec timeout -s KILL {secs} sh -c '{}'",
+        cmd.replace('\'', "'\\''")
+    );
+    command(ns, preload, &limited)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run command")
+}
+
+/// A server process in a netns, killed when dropped.
+struct Server(Child);
+
+impl Server {
+    fn start(ns: &str, cmd: &str) -> Server {
+        let child = command(ns, false, &format!("exec {cmd}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start server");
+        Server(child)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn stat(r: &Relay, key: &str) -> u64 {
+    r.stats_json()
+        .and_then(|v| v["relay"][key].as_u64())
+        .unwrap_or_else(|| panic!("relay counter {key} missing"))
+}
+
+fn ok(o: &Output, what: &str, pod: &Pod) -> String {
+    assert!(
+        o.status.success(),
+        "{what} failed: {:?}\nstdout: {}\nstderr: {}\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+        pod.logs()
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A file of `len` pattern bytes in a temporary directory.
+fn data_file(len: usize, seed: u64) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data");
+    let mut data = vec![0u8; len];
+    pattern(seed, &mut data);
+    std::fs::write(&path, &data).unwrap();
+    (dir, path)
+}
+
+/// Waits until the CPU half mirrors the DPU half's listener on `port`.
+fn mirrored(pod: &Pod, port: u16) {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    eventually(20, "mirror of the DPU listener", || {
+        in_ns(&pod.cpu_path(), move || {
+            std::net::TcpStream::connect(addr).ok()
+        })
+        .map(|_| ())
+    });
+}
+
+#[test]
+fn socat_echoes_8_mib_byte_exact_with_half_close_over_the_fast_path() {
+    let pod = Pod::new();
+    echo_server(&pod.dpu_path(), "127.0.0.1:18200");
+    mirrored(&pod, 18200);
+    let (dir, src) = data_file(8 << 20, 7);
+    let dst = dir.path().join("echo");
+    // socat half-closes after stdin's EOF and waits for the echo's EOF.
+    let o = run(
+        &pod.cpu_ns,
+        true,
+        60,
+        &format!(
+            "socat -b 65536 -t 30 - TCP:127.0.0.1:18200 < {} > {}",
+            src.display(),
+            dst.display()
+        ),
+    );
+    ok(&o, "socat", &pod);
+    assert!(
+        std::fs::read(&dst).unwrap() == std::fs::read(&src).unwrap(),
+        "echo differs"
+    );
+    assert_eq!(stat(&pod.cpu, "fast_connects"), 1, "{}", pod.logs());
+    assert_eq!(stat(&pod.dpu, "fast_bytes_in"), 8 << 20);
+    assert_eq!(stat(&pod.dpu, "fast_bytes_out"), 8 << 20);
+    eventually(10, "fast connection to end", || {
+        (stat(&pod.dpu, "fast_active") == 0).then_some(())
+    });
+    assert_eq!(stat(&pod.dpu, "fast_reset"), 0);
+}
+
+#[test]
+fn sockperf_ping_pong_in_epoll_poll_and_select_modes() {
+    let pod = Pod::new();
+    let _server = Server::start(&pod.dpu_ns, "sockperf sr --tcp -i 127.0.0.1 -p 18201");
+    mirrored(&pod, 18201);
+    let feed = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(feed.path(), "T:127.0.0.1:18201\n").unwrap();
+    for mode in ["e", "p", "s"] {
+        let before = stat(&pod.cpu, "fast_connects");
+        let cmd = format!(
+            "sockperf pp -f {} -F {mode} -t 1 -m 64",
+            feed.path().display()
+        );
+        let out = ok(&run(&pod.cpu_ns, true, 30, &cmd), "sockperf", &pod);
+        assert!(out.contains("percentile 50.000"), "mode {mode}: {out}");
+        assert_eq!(stat(&pod.cpu, "fast_connects"), before + 1, "mode {mode}");
+    }
+    // The same program without the library goes through the relay.
+    let before = stat(&pod.cpu, "fast_connects");
+    let cmd = format!("sockperf pp -f {} -F e -t 1 -m 64", feed.path().display());
+    ok(&run(&pod.cpu_ns, false, 30, &cmd), "sockperf", &pod);
+    assert_eq!(stat(&pod.cpu, "fast_connects"), before);
+    assert_eq!(stat(&pod.dpu, "fast_reset"), 0, "{}", pod.logs());
+}
+
+#[test]
+fn iperf3_streams_over_the_fast_path() {
+    let pod = Pod::new();
+    let _server = Server::start(&pod.dpu_ns, "iperf3 -s -p 18202");
+    mirrored(&pod, 18202);
+    let out = ok(
+        &run(
+            &pod.cpu_ns,
+            true,
+            60,
+            "iperf3 -c 127.0.0.1 -p 18202 -t 2 -J",
+        ),
+        "iperf3",
+        &pod,
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).expect("iperf3 JSON");
+    let got = v["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0);
+    assert!(got > 0, "{out}");
+    // The control connection and the data stream.
+    assert!(stat(&pod.cpu, "fast_connects") >= 2, "{}", pod.logs());
+    assert!(stat(&pod.dpu, "fast_bytes_in") >= got);
+}
+
+#[test]
+fn curl_fetches_a_file_from_a_web_server_in_the_other_half() {
+    let pod = Pod::new();
+    let (dir, src) = data_file(4 << 20, 11);
+    let _server = Server::start(
+        &pod.dpu_ns,
+        &format!(
+            "python3 -m http.server 18203 --bind 0.0.0.0 --directory {}",
+            dir.path().display()
+        ),
+    );
+    mirrored(&pod, 18203);
+    let got = dir.path().join("got");
+    let cmd = format!(
+        "curl -sf -o {} http://127.0.0.1:18203/data && curl -sf http://{}:18203/data | cmp - {}",
+        got.display(),
+        pod.pod_ip,
+        src.display()
+    );
+    ok(&run(&pod.cpu_ns, true, 60, &cmd), "curl", &pod);
+    assert!(std::fs::read(&got).unwrap() == std::fs::read(&src).unwrap());
+    assert_eq!(stat(&pod.cpu, "fast_connects"), 2, "{}", pod.logs());
+}
+
+#[test]
+fn destinations_outside_the_other_half_go_through_the_kernel() {
+    let pod = Pod::new();
+    // A listener in the CPU half itself: not the other half's, so not fast.
+    echo_server(&pod.cpu_path(), "127.0.0.1:18204");
+    let o = run(
+        &pod.cpu_ns,
+        true,
+        30,
+        "echo hello | socat -t 5 - TCP:127.0.0.1:18204",
+    );
+    assert_eq!(ok(&o, "socat", &pod), "hello\n");
+    // Nobody listens: the kernel's refusal, unchanged.
+    let o = run(
+        &pod.cpu_ns,
+        true,
+        30,
+        "curl -s http://127.0.0.1:18299/; echo rc=$?",
+    );
+    assert_eq!(ok(&o, "curl", &pod).trim(), "rc=7");
+    assert_eq!(stat(&pod.cpu, "fast_connects"), 0);
+    assert!(stat(&pod.cpu, "fast_passed") >= 2);
+}
+
+#[test]
+fn a_statically_linked_client_works_through_the_relay() {
+    let pod = Pod::new();
+    echo_server(&pod.dpu_path(), "127.0.0.1:18205");
+    mirrored(&pod, 18205);
+    // busybox-static cannot load the library: LD_PRELOAD is ignored.
+    let o = run(
+        &pod.cpu_ns,
+        true,
+        30,
+        "echo static | busybox nc 127.0.0.1 18205 -w 3",
+    );
+    assert_eq!(ok(&o, "busybox nc", &pod), "static\n");
+    assert_eq!(stat(&pod.cpu, "fast_connects"), 0);
+}
+
+/// A Python client, preloaded (Python's socket module calls libc's socket API).
+fn python(pod: &Pod, secs: u32, script: &str) -> String {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), script).unwrap();
+    let o = run(
+        &pod.cpu_ns,
+        true,
+        secs,
+        &format!("python3 {}", file.path().display()),
+    );
+    ok(&o, "python client", pod)
+}
+
+#[test]
+fn a_thousand_connections_open_and_close() {
+    let pod = Pod::new();
+    echo_server(&pod.dpu_path(), "127.0.0.1:18206");
+    mirrored(&pod, 18206);
+    let out = python(
+        &pod,
+        120,
+        r#"
+import socket
+for i in range(1000):
+    s = socket.create_connection(("127.0.0.1", 18206))
+    msg = b"conn %d" % i
+    s.sendall(msg)
+    got = b""
+    while len(got) < len(msg):
+        got += s.recv(100)
+    assert got == msg, (got, msg)
+    s.close()
+print("done")
+"#,
+    );
+    assert_eq!(out.trim(), "done");
+    assert_eq!(stat(&pod.cpu, "fast_connects"), 1000, "{}", pod.logs());
+    eventually(20, "all fast connections to end", || {
+        (stat(&pod.dpu, "fast_active") == 0).then_some(())
+    });
+}
+
+#[test]
+fn both_processes_keep_a_connection_across_fork() {
+    let pod = Pod::new();
+    echo_server(&pod.dpu_path(), "127.0.0.1:18207");
+    mirrored(&pod, 18207);
+    let out = python(
+        &pod,
+        60,
+        r#"
+import os, socket
+s = socket.create_connection(("127.0.0.1", 18207))
+def ping(msg):
+    s.sendall(msg)
+    got = b""
+    while len(got) < len(msg):
+        got += s.recv(100)
+    assert got == msg, (got, msg)
+ping(b"before fork")
+pid = os.fork()
+if pid == 0:
+    ping(b"child")
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+assert status == 0, status
+ping(b"parent after child")
+s.shutdown(socket.SHUT_WR)
+assert s.recv(10) == b""
+print("done")
+"#,
+    );
+    assert_eq!(out.trim(), "done");
+    assert_eq!(stat(&pod.cpu, "fast_connects"), 1);
+}
+
+#[test]
+fn a_killed_peer_resets_the_connection_and_nothing_hangs() {
+    let mut pod = Pod::new();
+    echo_server(&pod.dpu_path(), "127.0.0.1:18208");
+    mirrored(&pod, 18208);
+    let marker = tempfile::NamedTempFile::new().unwrap();
+    let script = format!(
+        r#"
+import socket, time, os
+s = socket.create_connection(("127.0.0.1", 18208))
+s.sendall(b"x"); assert s.recv(1) == b"x"
+open("{m}", "w").write("connected")
+deadline = time.time() + 30
+while not os.path.exists("{m}.go") and time.time() < deadline:
+    time.sleep(0.05)
+try:
+    while True:
+        s.sendall(b"y" * 1000)
+        if not s.recv(100000):
+            print("eof")
+            break
+except (ConnectionResetError, BrokenPipeError) as e:
+    print(type(e).__name__)
+"#,
+        m = marker.path().display()
+    );
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), script).unwrap();
+    let child = command(
+        &pod.cpu_ns,
+        true,
+        &format!("exec timeout -s KILL 60 python3 {}", file.path().display()),
+    )
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
+    eventually(20, "client connected", || {
+        (std::fs::read_to_string(marker.path()).unwrap_or_default() == "connected").then_some(())
+    });
+    pod.dpu.kill9();
+    let go = PathBuf::from(format!("{}.go", marker.path().display()));
+    std::fs::write(&go, "").unwrap();
+    let start = Instant::now();
+    let o = child.wait_with_output().unwrap();
+    let _ = std::fs::remove_file(&go);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "client: {:?} {out}", o.status);
+    assert!(
+        out.trim() == "ConnectionResetError" || out.trim() == "BrokenPipeError",
+        "{out}"
+    );
+    assert!(start.elapsed() < Duration::from_secs(10));
+}
