@@ -71,7 +71,7 @@ pub fn ask(dest: SocketAddr) -> Answer {
         revents: 0,
     }];
     if !matches!(
-        crate::real::poll(&mut pfd, ANSWER_TIMEOUT.as_millis() as i32),
+        crate::real::poll_fds(&mut pfd, ANSWER_TIMEOUT.as_millis() as i32),
         Ok(1)
     ) {
         return Answer::Pass;

@@ -22,7 +22,7 @@ use crate::Errno;
 
 /// How long a blocked call spins on the ring before it sleeps in the kernel
 /// (`HETEROSOCKET_SPIN_US`): a reply within this time costs no wake-up.
-fn spin_budget() -> Duration {
+pub(crate) fn spin_budget() -> Duration {
     static US: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     Duration::from_micros(*US.get_or_init(|| {
         std::env::var("HETEROSOCKET_SPIN_US")
@@ -307,7 +307,7 @@ impl Conn {
             events: libc::POLLIN,
             revents: 0,
         }];
-        real::poll(&mut pfd, -1).map(|_| ())
+        real::poll_fds(&mut pfd, -1).map(|_| ())
     }
 
     /// `send` semantics (MSG_DONTWAIT, MSG_NOSIGNAL); a blocking write sends all.
@@ -383,7 +383,8 @@ impl Conn {
                 events: libc::POLLOUT,
                 revents: 0,
             }];
-            if !matches!(real::poll(&mut pfd, 0), Ok(1)) || pfd[0].revents & libc::POLLOUT == 0 {
+            if !matches!(real::poll_fds(&mut pfd, 0), Ok(1)) || pfd[0].revents & libc::POLLOUT == 0
+            {
                 return;
             }
             match real::send_from(self.fd(), &FILLER, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) {
@@ -429,7 +430,7 @@ impl Conn {
                 events: libc::POLLOUT | libc::POLLRDHUP,
                 revents: 0,
             }];
-            real::poll(&mut pfd, timeout)?;
+            real::poll_fds(&mut pfd, timeout)?;
             if pfd[0].revents & (libc::POLLHUP | libc::POLLRDHUP | libc::POLLERR) != 0 {
                 self.mark_reset();
                 return Err(libc::EPIPE);

@@ -685,3 +685,213 @@ pub unsafe extern "C" fn ioctl(fd: c_int, req: c_ulong, arg: *mut c_void) -> c_i
         _ => unsafe { real::ioctl(fd, req, arg) },
     }
 }
+
+/// Zero timeouts for the spinning calls.
+const ZERO_TS: libc::timespec = libc::timespec {
+    tv_sec: 0,
+    tv_nsec: 0,
+};
+
+/// `epoll_wait`, served here for fast connections.
+///
+/// # Safety
+/// The C contract of libc's `epoll_wait`: `ev` valid for `max` events.
+#[no_mangle]
+pub unsafe extern "C" fn epoll_wait(
+    ep: c_int,
+    ev: *mut libc::epoll_event,
+    max: c_int,
+    timeout: c_int,
+) -> c_int {
+    if timeout != 0 {
+        // SAFETY: the caller's arguments, with a zero timeout.
+        if let Some(r) = crate::wait::spin_first(|| unsafe { real::epoll_wait(ep, ev, max, 0) }) {
+            return r;
+        }
+    }
+    // SAFETY: the caller's arguments, passed on unchanged.
+    unsafe { real::epoll_wait(ep, ev, max, timeout) }
+}
+
+/// `epoll_pwait`, served here for fast connections.
+///
+/// # Safety
+/// The C contract of libc's `epoll_pwait`.
+#[no_mangle]
+pub unsafe extern "C" fn epoll_pwait(
+    ep: c_int,
+    ev: *mut libc::epoll_event,
+    max: c_int,
+    timeout: c_int,
+    mask: *const libc::sigset_t,
+) -> c_int {
+    if timeout != 0 {
+        // SAFETY: the caller's arguments, with a zero timeout.
+        let now = || unsafe { real::epoll_pwait(ep, ev, max, 0, mask) };
+        if let Some(r) = crate::wait::spin_first(now) {
+            return r;
+        }
+    }
+    // SAFETY: the caller's arguments, passed on unchanged.
+    unsafe { real::epoll_pwait(ep, ev, max, timeout, mask) }
+}
+
+/// `poll`, served here for fast connections.
+///
+/// # Safety
+/// The C contract of libc's `poll`: `fds` valid for `n` entries.
+#[no_mangle]
+pub unsafe extern "C" fn poll(fds: *mut libc::pollfd, n: libc::nfds_t, timeout: c_int) -> c_int {
+    if timeout != 0 {
+        // SAFETY: the caller's arguments, with a zero timeout.
+        if let Some(r) = crate::wait::spin_first(|| unsafe { real::poll(fds, n, 0) }) {
+            return r;
+        }
+    }
+    // SAFETY: the caller's arguments, passed on unchanged.
+    unsafe { real::poll(fds, n, timeout) }
+}
+
+/// `__poll_chk` (fortified `poll`), served here for fast connections.
+///
+/// # Safety
+/// As for `poll`; `fdslen` is the size of the array the caller owns.
+#[no_mangle]
+pub unsafe extern "C" fn __poll_chk(
+    fds: *mut libc::pollfd,
+    n: libc::nfds_t,
+    timeout: c_int,
+    fdslen: size_t,
+) -> c_int {
+    if (n as usize).saturating_mul(std::mem::size_of::<libc::pollfd>()) > fdslen {
+        std::process::abort();
+    }
+    // SAFETY: as for `poll`.
+    unsafe { poll(fds, n, timeout) }
+}
+
+/// `ppoll`, served here for fast connections.
+///
+/// # Safety
+/// The C contract of libc's `ppoll`.
+#[no_mangle]
+pub unsafe extern "C" fn ppoll(
+    fds: *mut libc::pollfd,
+    n: libc::nfds_t,
+    timeout: *const libc::timespec,
+    mask: *const libc::sigset_t,
+) -> c_int {
+    // SAFETY: `timeout` is null or valid (libc contract).
+    let zero_timeout =
+        !timeout.is_null() && unsafe { (*timeout).tv_sec == 0 && (*timeout).tv_nsec == 0 };
+    if !zero_timeout {
+        // SAFETY: the caller's arguments, with a zero timeout.
+        if let Some(r) = crate::wait::spin_first(|| unsafe { real::ppoll(fds, n, &ZERO_TS, mask) })
+        {
+            return r;
+        }
+    }
+    // SAFETY: the caller's arguments, passed on unchanged.
+    unsafe { real::ppoll(fds, n, timeout, mask) }
+}
+
+/// The three descriptor sets of a select call, saved so each spinning call
+/// starts from what the program asked for.
+struct Sets([Option<libc::fd_set>; 3]);
+
+impl Sets {
+    /// # Safety
+    /// Each pointer is null or a valid fd_set.
+    unsafe fn save(p: [*mut libc::fd_set; 3]) -> Sets {
+        // SAFETY: by the caller's contract; fd_set is plain data.
+        Sets(p.map(|s| (!s.is_null()).then(|| unsafe { *s })))
+    }
+
+    /// # Safety
+    /// The same pointers as given to `save`.
+    unsafe fn restore(&self, p: [*mut libc::fd_set; 3]) {
+        for (saved, ptr) in self.0.iter().zip(p) {
+            if let Some(v) = saved {
+                // SAFETY: ptr was non-null and valid when saved (same call).
+                unsafe { *ptr = *v };
+            }
+        }
+    }
+}
+
+/// `select`, served here for fast connections.
+///
+/// # Safety
+/// The C contract of libc's `select`.
+#[no_mangle]
+pub unsafe extern "C" fn select(
+    n: c_int,
+    r: *mut libc::fd_set,
+    w: *mut libc::fd_set,
+    e: *mut libc::fd_set,
+    timeout: *mut libc::timeval,
+) -> c_int {
+    // SAFETY: `timeout` is null or valid (libc contract).
+    let zero_timeout =
+        !timeout.is_null() && unsafe { (*timeout).tv_sec == 0 && (*timeout).tv_usec == 0 };
+    if !zero_timeout && crate::table::len() > 0 {
+        let ptrs = [r, w, e];
+        // SAFETY: the sets are null or valid (libc contract).
+        let saved = unsafe { Sets::save(ptrs) };
+        let now = || {
+            let mut zero = libc::timeval {
+                tv_sec: 0,
+                tv_usec: 0,
+            };
+            // SAFETY: the caller's sets, restored before each call.
+            unsafe {
+                saved.restore(ptrs);
+                real::select(n, r, w, e, &mut zero)
+            }
+        };
+        if let Some(ready) = crate::wait::spin_first(now) {
+            return ready;
+        }
+        // SAFETY: as above.
+        unsafe { saved.restore(ptrs) };
+    }
+    // SAFETY: the caller's arguments, passed on unchanged.
+    unsafe { real::select(n, r, w, e, timeout) }
+}
+
+/// `pselect`, served here for fast connections.
+///
+/// # Safety
+/// The C contract of libc's `pselect`.
+#[no_mangle]
+pub unsafe extern "C" fn pselect(
+    n: c_int,
+    r: *mut libc::fd_set,
+    w: *mut libc::fd_set,
+    e: *mut libc::fd_set,
+    timeout: *const libc::timespec,
+    mask: *const libc::sigset_t,
+) -> c_int {
+    // SAFETY: `timeout` is null or valid (libc contract).
+    let zero_timeout =
+        !timeout.is_null() && unsafe { (*timeout).tv_sec == 0 && (*timeout).tv_nsec == 0 };
+    if !zero_timeout && crate::table::len() > 0 {
+        let ptrs = [r, w, e];
+        // SAFETY: the sets are null or valid (libc contract).
+        let saved = unsafe { Sets::save(ptrs) };
+        let now = || {
+            // SAFETY: the caller's sets, restored before each call.
+            unsafe {
+                saved.restore(ptrs);
+                real::pselect(n, r, w, e, &ZERO_TS, mask)
+            }
+        };
+        if let Some(ready) = crate::wait::spin_first(now) {
+            return ready;
+        }
+        // SAFETY: as above.
+        unsafe { saved.restore(ptrs) };
+    }
+    // SAFETY: the caller's arguments, passed on unchanged.
+    unsafe { real::pselect(n, r, w, e, timeout, mask) }
+}

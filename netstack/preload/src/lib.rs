@@ -25,6 +25,7 @@ pub mod options;
 #[allow(unsafe_code)]
 pub mod real;
 pub mod table;
+pub mod wait;
 
 /// Whether the library only passes calls through (`HETEROSOCKET=off`).
 pub fn disabled() -> bool {

@@ -69,6 +69,12 @@ real!(dup(fd: c_int) -> c_int);
 real!(dup2(fd: c_int, to: c_int) -> c_int);
 real!(dup3(fd: c_int, to: c_int, flags: c_int) -> c_int);
 real!(sendfile(out: c_int, inp: c_int, off: *mut off_t, n: size_t) -> ssize_t);
+real!(epoll_wait(ep: c_int, ev: *mut libc::epoll_event, max: c_int, timeout: c_int) -> c_int);
+real!(epoll_pwait(ep: c_int, ev: *mut libc::epoll_event, max: c_int, timeout: c_int, mask: *const libc::sigset_t) -> c_int);
+real!(poll(fds: *mut libc::pollfd, n: libc::nfds_t, timeout: c_int) -> c_int);
+real!(ppoll(fds: *mut libc::pollfd, n: libc::nfds_t, timeout: *const libc::timespec, mask: *const libc::sigset_t) -> c_int);
+real!(select(n: c_int, r: *mut libc::fd_set, w: *mut libc::fd_set, e: *mut libc::fd_set, timeout: *mut libc::timeval) -> c_int);
+real!(pselect(n: c_int, r: *mut libc::fd_set, w: *mut libc::fd_set, e: *mut libc::fd_set, timeout: *const libc::timespec, mask: *const libc::sigset_t) -> c_int);
 
 /// libc's `fcntl` with one integer (or pointer-sized) argument.
 ///
@@ -162,9 +168,9 @@ pub fn dup_onto(from: c_int, to: c_int, flags: c_int) -> Result<(), c_int> {
 }
 
 /// `poll` on `fds` for at most `timeout_ms` (-1: forever); the ready count.
-pub fn poll(fds: &mut [libc::pollfd], timeout_ms: c_int) -> Result<usize, c_int> {
+pub fn poll_fds(fds: &mut [libc::pollfd], timeout_ms: c_int) -> Result<usize, c_int> {
     // SAFETY: `fds` is a valid array of `fds.len()` pollfd structures.
-    let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+    let r = unsafe { poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
     if r < 0 {
         Err(errno())
     } else {

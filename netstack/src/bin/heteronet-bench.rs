@@ -26,6 +26,8 @@ mod guest;
 mod measure;
 #[path = "heteronet-bench/splice.rs"]
 mod splice;
+#[path = "heteronet-bench/tools.rs"]
+mod tools;
 #[path = "heteronet-bench/topo.rs"]
 mod topo;
 
@@ -85,6 +87,18 @@ struct Args {
     /// Only the QEMU guest paths.
     #[arg(long)]
     guest_only: bool,
+    /// Alternated rounds of the sockperf/iperf3 rows (0: skip them).
+    #[arg(long, default_value_t = 3)]
+    tools_rounds: usize,
+    /// Seconds per sockperf/iperf3 run.
+    #[arg(long, default_value_t = 2.0)]
+    tools_secs: f64,
+    /// Only the sockperf/iperf3 rows.
+    #[arg(long)]
+    tools_only: bool,
+    /// The fast-path library (default: libheterosocket.so next to this binary).
+    #[arg(long)]
+    preload: Option<PathBuf>,
 }
 
 impl Args {
@@ -117,6 +131,15 @@ fn main() -> Result<()> {
     let mut cpu_slow: BTreeMap<&str, f64> = BTreeMap::new();
 
     let veth = veth_pair("v", 1)?;
+    if args.tools_only {
+        let t = tool_rows(&args, &veth, &mut notes)?;
+        tools::print(&t, args.tools_rounds);
+        for n in &notes {
+            println!("note: {n}");
+        }
+        let (s, i) = tools::json(&t);
+        return write_json(&args, json!({"sockperf": s, "iperf3": i}));
+    }
     let srv_b = serve(&veth.b.path(), "0.0.0.0:7000".parse()?)?;
     let _ = serve(&veth.a.path(), "127.0.0.1:7001".parse()?)?;
     let paths: Vec<(&str, Path1)> = vec![
@@ -316,7 +339,16 @@ fn main() -> Result<()> {
         guest::measure_into(args.rtt_secs, &mut rtt, &mut notes)
     };
 
+    let tool = if args.tools_rounds == 0 || args.guest_only || args.cpu_only {
+        tools::ToolResults::default()
+    } else {
+        tool_rows(&args, &veth, &mut notes)?
+    };
+
     print_table(&rtt, &tput, &idle, &scale);
+    if !tool.sockperf.is_empty() || !tool.iperf3.is_empty() {
+        tools::print(&tool, args.tools_rounds);
+    }
     guest::print_accel(&accel);
     for (mode, m) in &scale_sleeps {
         let v: Vec<String> = ["1", "8", "64", "256"]
@@ -350,7 +382,10 @@ fn main() -> Result<()> {
     for k in ["ring_pci", "relay_pci_elastic"] {
         rtt_us.entry(k).or_insert(Value::Null);
     }
+    let (sockperf, iperf3) = tools::json(&tool);
     let doc = json!({
+        "sockperf": sockperf,
+        "iperf3": iperf3,
         "accel": accel,
         "rtt_us": rtt_us,
         "throughput_gbps": tput,
@@ -364,12 +399,39 @@ fn main() -> Result<()> {
         "cpu_us_per_req_slow_server": cpu_slow,
         "cpu_s_per_gib": cpu_gib,
     });
+    write_json(&args, doc)
+}
+
+fn write_json(args: &Args, doc: Value) -> Result<()> {
     if let Some(dir) = args.out.parent() {
         std::fs::create_dir_all(dir)?;
     }
     std::fs::write(&args.out, serde_json::to_string_pretty(&doc)?)?;
     println!("JSON: {}", args.out.display());
     Ok(())
+}
+
+/// The sockperf/iperf3 rows over their own servers and relays.
+fn tool_rows(args: &Args, veth: &Pair, notes: &mut Vec<String>) -> Result<tools::ToolResults> {
+    let lib = match &args.preload {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.with_file_name("libheterosocket.so"),
+    };
+    if !lib.exists() {
+        notes.push(format!(
+            "fastpath: {} missing (cargo build --release -p heterosocket)",
+            lib.display()
+        ));
+    }
+    let t = tools::topology(veth, args.relay_threads, lib)?;
+    // Servers and relays up, mirrors made.
+    thread::sleep(Duration::from_millis(1500));
+    Ok(tools::measure(
+        &t,
+        args.tools_rounds,
+        args.tools_secs,
+        notes,
+    ))
 }
 
 fn relay_sleeps(pids: &[u32]) -> Result<u64> {
