@@ -33,7 +33,7 @@ pub(crate) fn spin_budget() -> Duration {
 }
 
 /// Filler bytes per send when making the descriptor unwritable.
-const FILLER: [u8; 16 * 1024] = [0; 16 * 1024];
+const FILLER: [u8; 64 * 1024] = [0; 64 * 1024];
 
 /// Spins up to the budget until `ready` holds, offering the core while it does.
 fn spin(mut ready: impl FnMut() -> bool) -> bool {
@@ -377,7 +377,7 @@ impl Conn {
     /// Makes the program's descriptor unwritable: fills its socket buffer
     /// with bytes the peer reads (and discards) once the ring is half empty.
     fn fill(&self) {
-        for _ in 0..16 {
+        for _ in 0..4 {
             let mut pfd = [libc::pollfd {
                 fd: self.fd(),
                 events: libc::POLLOUT,

@@ -38,6 +38,18 @@ fn spin_budget() -> Duration {
     }))
 }
 
+/// Ring bytes per direction of a new fast connection (`HETERONET_FAST_RING_BYTES`
+/// overrides [`RING_BYTES`]; rounded to a power of two by the layout).
+fn ring_bytes() -> u64 {
+    static N: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *N.get_or_init(|| {
+        std::env::var("HETERONET_FAST_RING_BYTES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(RING_BYTES)
+    })
+}
+
 /// Handshakes the broker serves at once; more wait (a Pod cannot pile up tasks).
 const BROKER_CONCURRENCY: usize = 64;
 
@@ -191,7 +203,7 @@ async fn reply(app: &UnixStream, r: Reply, fds: &[i32]) -> Result<()> {
 async fn offer(req: Request, dpu_fast: &Path) -> Result<(Reply, Vec<OwnedFd>)> {
     let region = Region::create(
         &RegionAddr::Memfd,
-        Some(RING_BYTES),
+        Some(ring_bytes()),
         u32::from(Side::Cpu.code()),
     )?;
     let region_fd = region
