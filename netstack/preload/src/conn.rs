@@ -33,7 +33,7 @@ pub(crate) fn spin_budget() -> Duration {
 }
 
 /// Filler bytes per send when making the descriptor unwritable.
-const FILLER: [u8; 64 * 1024] = [0; 64 * 1024];
+static FILLER: [u8; 64 * 1024] = [0; 64 * 1024];
 
 /// Spins up to the budget until `ready` holds, offering the core while it does.
 fn spin(mut ready: impl FnMut() -> bool) -> bool {
