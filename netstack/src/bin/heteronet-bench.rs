@@ -138,7 +138,10 @@ fn main() -> Result<()> {
             println!("note: {n}");
         }
         let (s, i) = tools::json(&t);
-        return write_json(&args, json!({"sockperf": s, "iperf3": i}));
+        return write_json(
+            &args,
+            json!({"sockperf": s, "iperf3": i, "idle_cpu_pct": {"fastpath": t.idle_fastpath}}),
+        );
     }
     let srv_b = serve(&veth.b.path(), "0.0.0.0:7000".parse()?)?;
     let _ = serve(&veth.a.path(), "127.0.0.1:7001".parse()?)?;
@@ -383,6 +386,9 @@ fn main() -> Result<()> {
         rtt_us.entry(k).or_insert(Value::Null);
     }
     let (sockperf, iperf3) = tools::json(&tool);
+    if let Some(v) = tool.idle_fastpath {
+        idle.insert("fastpath", v);
+    }
     let doc = json!({
         "sockperf": sockperf,
         "iperf3": iperf3,
@@ -426,12 +432,14 @@ fn tool_rows(args: &Args, veth: &Pair, notes: &mut Vec<String>) -> Result<tools:
     let t = tools::topology(veth, args.relay_threads, lib)?;
     // Servers and relays up, mirrors made.
     thread::sleep(Duration::from_millis(1500));
-    Ok(tools::measure(
-        &t,
-        args.tools_rounds,
-        args.tools_secs,
-        notes,
-    ))
+    let mut r = tools::measure(&t, args.tools_rounds, args.tools_secs, notes);
+    if !args.quick {
+        match tools::idle_fastpath(&t, args.idle_secs) {
+            Ok(pct) => r.idle_fastpath = Some(pct),
+            Err(e) => notes.push(format!("fastpath idle CPU: {e:#}")),
+        }
+    }
+    Ok(r)
 }
 
 fn relay_sleeps(pids: &[u32]) -> Result<u64> {

@@ -14,8 +14,11 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use crate::measure::{pct, round2};
+use crate::measure::{cpu_ticks, pct, round2, CLK_TCK};
 use crate::topo::{relay_pair, Netns, Pair, Proc};
+
+/// Port of the echo server behind the elastic relay pair (idle measurement).
+const IDLE_ECHO_PORT: u16 = 7142;
 
 /// One path: where the client runs, where it connects, whether it is preloaded.
 pub struct ToolPath {
@@ -162,6 +165,8 @@ pub fn topology(veth: &Pair, relay_threads: usize, preload: PathBuf) -> Result<T
             relays: relays.clone(),
         });
         if mode == "elastic" {
+            // The idle measurement's echo server (sockperf's serves few idle clients).
+            crate::measure::serve(&rp.pair.b.path(), addr("0.0.0.0", IDLE_ECHO_PORT))?;
             paths.push(ToolPath {
                 name: "fastpath",
                 client_ns,
@@ -255,6 +260,8 @@ fn iperf3(p: &ToolPath, secs: f64) -> Result<f64> {
 pub struct ToolResults {
     pub sockperf: BTreeMap<&'static str, (f64, f64)>,
     pub iperf3: BTreeMap<&'static str, f64>,
+    /// Both relays' CPU, % of a core, with 100 idle fast connections.
+    pub idle_fastpath: Option<f64>,
 }
 
 /// Lets only `active`'s relays run (SIGCONT), stopping every other path's.
@@ -322,6 +329,50 @@ pub fn measure(t: &Topology, rounds: usize, secs: f64, notes: &mut Vec<String>) 
     r
 }
 
+/// CPU of both relays (% of one core) while a preloaded program holds 100
+/// idle fast connections for `secs` seconds.
+pub fn idle_fastpath(t: &Topology, secs: f64) -> Result<f64> {
+    let p = t
+        .paths
+        .iter()
+        .find(|p| p.name == "fastpath")
+        .context("no fastpath row")?;
+    only_relays_of(t, p);
+    let script = format!(
+        "import socket, sys, time\n\
+         c = [socket.create_connection(('{ip}', {port})) for _ in range(100)]\n\
+         print('ready', flush=True)\n\
+         time.sleep({hold})\n",
+        ip = p.sockperf.ip(),
+        port = IDLE_ECHO_PORT,
+        hold = secs + 10.0,
+    );
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", &p.client_ns, "python3", "-c", &script]);
+    if let Some(lib) = &p.preload {
+        c.env("LD_PRELOAD", lib);
+    }
+    let mut child = Proc(
+        c.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("start idle client")?,
+    );
+    let mut line = String::new();
+    let out = child.0.stdout.take().context("client stdout")?;
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line)?;
+    if line.trim() != "ready" {
+        bail!("idle client did not connect");
+    }
+    thread::sleep(Duration::from_millis(500));
+    let ticks = || -> Result<u64> { p.relays.iter().map(|pid| cpu_ticks(*pid)).sum() };
+    let t0 = ticks()?;
+    let start = std::time::Instant::now();
+    thread::sleep(Duration::from_secs_f64(secs));
+    let used = (ticks()? - t0) as f64 / CLK_TCK;
+    Ok(round2(used / start.elapsed().as_secs_f64() * 100.0))
+}
+
 /// The tools' table, with ratios to veth.
 pub fn print(r: &ToolResults, rounds: usize) {
     let veth_p50 = r.sockperf.get("veth").map(|x| x.0).unwrap_or(f64::NAN);
@@ -356,6 +407,11 @@ pub fn print(r: &ToolResults, rounds: usize) {
             f(l.map(|x| x.0 / veth_p50)),
             f(b.copied()),
             f(b.map(|x| x / veth_bw)),
+        );
+    }
+    if let Some(v) = r.idle_fastpath {
+        println!(
+            "idle CPU fastpath: {v:.2} % of one core (both relays, 100 idle fast connections)"
         );
     }
     println!("fastpath_both: not measured (the fast path's accept side is not built yet)");
