@@ -380,3 +380,91 @@ except (ConnectionResetError, BrokenPipeError) as e:
     );
     assert!(start.elapsed() < Duration::from_secs(10));
 }
+
+/// The memfd regions of fast connections the process `pid` has mapped.
+fn fast_regions(pid: u32) -> Vec<PathBuf> {
+    let dir = format!("/proc/{pid}/fd");
+    std::fs::read_dir(&dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    std::fs::read_link(p)
+                        .map(|l| l.to_string_lossy().starts_with("/memfd:heteronet"))
+                        .unwrap_or(false)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn garbage_in_the_ring_ends_the_connection_and_the_program_survives() {
+    use std::os::unix::fs::FileExt;
+    let mut pod = Pod::new();
+    echo_server(&pod.dpu_path(), "127.0.0.1:18209");
+    mirrored(&pod, 18209);
+    let marker = tempfile::NamedTempFile::new().unwrap();
+    let script = format!(
+        r#"
+import socket, time, os
+s = socket.create_connection(("127.0.0.1", 18209))
+s.sendall(b"x"); assert s.recv(1) == b"x"
+open("{m}", "w").write("connected")
+deadline = time.time() + 30
+while not os.path.exists("{m}.go") and time.time() < deadline:
+    time.sleep(0.05)
+try:
+    for _ in range(100):
+        s.sendall(b"y" * 1000)
+        s.recv(100000)
+    print("no error")
+except (ConnectionResetError, BrokenPipeError) as e:
+    print(type(e).__name__)
+# The program goes on: a new connection works.
+t = socket.create_connection(("127.0.0.1", 18209))
+t.sendall(b"again"); print(t.recv(10).decode())
+"#,
+        m = marker.path().display()
+    );
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), script).unwrap();
+    let child = command(
+        &pod.cpu_ns,
+        true,
+        &format!("exec timeout -s KILL 60 python3 {}", file.path().display()),
+    )
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
+    eventually(20, "client connected", || {
+        (std::fs::read_to_string(marker.path()).unwrap_or_default() == "connected").then_some(())
+    });
+    // Ring 0's tail word (region header page, then the ring's control block):
+    // an index no ring of this size can have.
+    let regions = fast_regions(pod.dpu.pid());
+    assert_eq!(regions.len(), 1, "{regions:?}");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&regions[0])
+        .unwrap();
+    f.write_all_at(&u64::MAX.to_le_bytes(), 4096).unwrap();
+    drop(f);
+    let go = PathBuf::from(format!("{}.go", marker.path().display()));
+    std::fs::write(&go, "").unwrap();
+    let o = child.wait_with_output().unwrap();
+    let _ = std::fs::remove_file(&go);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "client: {:?} {out}", o.status);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        matches!(
+            lines.first(),
+            Some(&"ConnectionResetError") | Some(&"BrokenPipeError")
+        ),
+        "{out}"
+    );
+    assert_eq!(lines.get(1), Some(&"again"), "{out}");
+    assert!(pod.dpu.alive() && pod.cpu.alive(), "{}", pod.logs());
+    assert_eq!(stat(&pod.cpu, "fast_connects"), 2);
+}

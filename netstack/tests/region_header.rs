@@ -81,6 +81,54 @@ fn memfd_region_rings_carry_records_between_handles() {
 }
 
 #[test]
+fn one_producer_and_one_consumer_per_ring_however_often_it_is_asked_for() {
+    let sut = Arc::new(Region::create(&RegionAddr::Memfd, Some(8192), 0).unwrap());
+    let p = sut.ring(0).unwrap().acquire_producer().unwrap();
+    let c = sut.ring(0).unwrap().acquire_consumer().unwrap();
+    assert!(sut.ring(0).unwrap().acquire_producer().is_none());
+    assert!(sut.ring(0).unwrap().acquire_consumer().is_none());
+    // The other ring is separate; a dropped handle can be taken again.
+    assert!(sut.ring(1).unwrap().acquire_producer().is_some());
+    drop((p, c));
+    assert!(sut.ring(0).unwrap().acquire_producer().is_some());
+}
+
+#[test]
+fn reading_a_record_from_past_its_end_copies_nothing() {
+    let sut = Arc::new(Region::create(&RegionAddr::Memfd, Some(8192), 0).unwrap());
+    let ring = sut.ring(0).unwrap();
+    let mut p = ring.acquire_producer().unwrap();
+    let mut c = ring.acquire_consumer().unwrap();
+    assert!(p.try_push(&[b"abc"]).unwrap());
+    p.publish();
+    let n = c
+        .pop_with(|r| {
+            let mut out = [0u8; 8];
+            (
+                r.read(usize::MAX, &mut out),
+                r.read(10, &mut out),
+                r.read(1, &mut out),
+            )
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(n, (0, 0, 2));
+}
+
+#[test]
+fn a_misaligned_shared_index_breaks_the_ring_instead_of_writing_past_it() {
+    let sut = Arc::new(Region::create(&RegionAddr::Memfd, Some(8192), 0).unwrap());
+    let ring0 = sut.header().layout.rings[0];
+    // The peer leaves tail = head = 3 before we take the producer.
+    sut.poke(ring0.offset, &3u64.to_le_bytes()).unwrap();
+    sut.poke(ring0.offset + 128, &3u64.to_le_bytes()).unwrap();
+    let mut p = sut.ring(0).unwrap().acquire_producer().unwrap();
+    assert!(p.try_push(&[b"x"]).is_err());
+    let mut c = sut.ring(0).unwrap().acquire_consumer().unwrap();
+    assert!(c.pop().is_err());
+}
+
+#[test]
 fn reinit_heals_a_scribbled_header_and_bumps_generation() {
     let addr = unique_shm("reinit");
     let sut = Region::create(&addr, Some(16 * 1024), 0).unwrap();

@@ -37,11 +37,15 @@ pub struct RingLayout {
 }
 
 impl RingLayout {
+    /// Offset of the data (only for validated layouts, whose end fits in u64).
     pub fn data_offset(&self) -> u64 {
-        self.offset + RING_CTRL_SIZE
+        self.offset.saturating_add(RING_CTRL_SIZE)
     }
-    fn end(&self) -> u64 {
-        self.data_offset() + self.capacity
+    /// End of the ring's data, `None` when a (peer's) layout overflows.
+    fn end(&self) -> Option<u64> {
+        self.offset
+            .checked_add(RING_CTRL_SIZE)?
+            .checked_add(self.capacity)
     }
 }
 
@@ -111,10 +115,11 @@ impl Layout {
             if r.offset % 128 != 0 || r.offset < prev_end {
                 return Err(HeaderError::BadLayout("ring offset"));
             }
-            if r.end() > self.total_size {
-                return Err(HeaderError::BadLayout("ring beyond region end"));
-            }
-            prev_end = r.end();
+            let end = r
+                .end()
+                .filter(|&e| e <= self.total_size)
+                .ok_or(HeaderError::BadLayout("ring beyond region end"))?;
+            prev_end = end;
             if u64::from(self.max_record) > r.capacity / 4 || self.max_record < 64 {
                 return Err(HeaderError::BadLayout("max record"));
             }
@@ -257,6 +262,13 @@ mod tests {
         ));
         let mut b = h.encode();
         b[64..72].copy_from_slice(&0u64.to_le_bytes()); // ring 1 overlapping header
+        assert!(matches!(
+            Header::decode(&b, size),
+            Err(HeaderError::BadLayout(_))
+        ));
+        // An offset near u64::MAX must not wrap past the size check.
+        let mut b = h.encode();
+        b[64..72].copy_from_slice(&(u64::MAX - 255).to_le_bytes());
         assert!(matches!(
             Header::decode(&b, size),
             Err(HeaderError::BadLayout(_))

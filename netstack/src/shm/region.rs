@@ -17,7 +17,7 @@ use super::layout::{
     Header, Layout, CONTROL_OFFSET, CONTROL_SIZE, DEFAULT_RING_BYTES, GENERATION_OFFSET,
     HEADER_BYTES, MAGIC, RING_CTRL_SIZE, VERSION,
 };
-use super::ring::Ring;
+use super::ring::{Ring, Taken};
 use super::RegionAddr;
 use crate::error::{Error, HeaderError, Result};
 
@@ -31,6 +31,9 @@ pub struct Region {
     /// The creator removes the shm file on drop.
     remove_on_drop: Option<PathBuf>,
     header: Header,
+    /// Per ring: which handles exist, shared by every [`Region::ring`] call so
+    /// safe code cannot get two producers (or consumers) of one ring.
+    taken: [Arc<Taken>; 2],
 }
 
 fn io_err(path: &std::path::Path, context: &'static str) -> impl FnOnce(std::io::Error) -> Error {
@@ -177,6 +180,7 @@ impl Region {
             file: Some(file),
             remove_on_drop,
             header,
+            taken: Default::default(),
         };
         region.write_header(&header);
         region.reset_rings();
@@ -243,6 +247,7 @@ impl Region {
             file: Some(file),
             remove_on_drop: None,
             header,
+            taken: Default::default(),
         })
     }
 
@@ -390,7 +395,8 @@ impl Region {
         self.file.as_ref().map(|f| f.as_fd())
     }
 
-    /// Ring `index` (0: creator → opener, 1: opener → creator) as a fresh handle.
+    /// Ring `index` (0: creator → opener, 1: opener → creator). Handles made by
+    /// several calls share one producer and one consumer slot.
     pub fn ring(self: &Arc<Self>, index: usize) -> Result<Arc<Ring>> {
         let layout = *self
             .header
@@ -398,10 +404,12 @@ impl Region {
             .rings
             .get(index)
             .ok_or(Error::Config("ring index"))?;
+        let taken = self.taken.get(index).ok_or(Error::Config("ring index"))?;
         Ok(Arc::new(Ring::in_region(
             self.clone(),
             layout,
             self.header.layout.max_record,
+            taken.clone(),
         )))
     }
 

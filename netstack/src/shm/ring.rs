@@ -68,8 +68,26 @@ pub struct Ring {
     data: *mut u8,
     capacity: u64,
     max_record: u32,
-    producer_taken: AtomicBool,
-    consumer_taken: AtomicBool,
+    /// (producer taken, consumer taken): shared by every `Ring` over the same
+    /// ring of a region, so one producer and one consumer exist per process.
+    taken: Arc<Taken>,
+}
+
+/// Which handles of one ring exist in this process.
+#[derive(Debug)]
+pub struct Taken {
+    producer: AtomicBool,
+    consumer: AtomicBool,
+}
+
+impl Default for Taken {
+    // By hand: loom's atomics (the ring's model test) have no Default.
+    fn default() -> Taken {
+        Taken {
+            producer: AtomicBool::new(false),
+            consumer: AtomicBool::new(false),
+        }
+    }
 }
 
 // SAFETY: the pointers target memory kept alive by `_keep`; control words are only
@@ -115,7 +133,12 @@ fn rec_size(len: u64) -> u64 {
 impl Ring {
     /// A ring over `layout` of a region whose header was written or validated
     /// (only [`Region::ring`] calls this, with the validated layout).
-    pub(crate) fn in_region(region: Arc<Region>, layout: RingLayout, max_record: u32) -> Ring {
+    pub(crate) fn in_region(
+        region: Arc<Region>,
+        layout: RingLayout,
+        max_record: u32,
+        taken: Arc<Taken>,
+    ) -> Ring {
         let base = region.base_ptr();
         Ring {
             ctrl: base.wrapping_add(layout.offset as usize) as *const RingCtrl,
@@ -123,8 +146,7 @@ impl Ring {
             capacity: layout.capacity,
             max_record,
             _keep: region,
-            producer_taken: AtomicBool::new(false),
-            consumer_taken: AtomicBool::new(false),
+            taken,
         }
     }
 
@@ -145,8 +167,7 @@ impl Ring {
             data: data_ptr,
             capacity,
             max_record,
-            producer_taken: AtomicBool::new(false),
-            consumer_taken: AtomicBool::new(false),
+            taken: Arc::default(),
         })
     }
 
@@ -168,7 +189,7 @@ impl Ring {
 
     /// The producer handle, or `None` while another one exists.
     pub fn acquire_producer(self: &Arc<Self>) -> Option<Producer> {
-        if self.producer_taken.swap(true, Ordering::AcqRel) {
+        if self.taken.producer.swap(true, Ordering::AcqRel) {
             return None;
         }
         // Start where the shared tail is (0 after a reset); the head is checked on use.
@@ -179,7 +200,9 @@ impl Ring {
             published: tail,
             head_cache: head,
             waiting: false,
-            broken: (tail.wrapping_sub(head) > self.capacity).then_some(
+            // Indices are 8-aligned: a misaligned one would make a pad record
+            // run past the data area.
+            broken: (tail.wrapping_sub(head) > self.capacity || (tail | head) & 7 != 0).then_some(
                 RingError::IndexOutOfRange {
                     head,
                     tail,
@@ -195,7 +218,7 @@ impl Ring {
 
     /// The consumer handle, or `None` while another one exists.
     pub fn acquire_consumer(self: &Arc<Self>) -> Option<Consumer> {
-        if self.consumer_taken.swap(true, Ordering::AcqRel) {
+        if self.taken.consumer.swap(true, Ordering::AcqRel) {
             return None;
         }
         let head = self.ctrl().head.0.load(Ordering::Acquire);
@@ -206,7 +229,11 @@ impl Ring {
                 released: head,
                 tail_cache: head,
                 sleeping: false,
-                broken: None,
+                broken: (head & 7 != 0).then_some(RingError::IndexOutOfRange {
+                    head,
+                    tail: head,
+                    capacity: self.capacity,
+                }),
             },
         })
     }
@@ -491,6 +518,10 @@ impl Record<'_> {
     /// Copies payload bytes from `offset` into `out`; returns how many were copied.
     pub fn read(&self, offset: usize, out: &mut [u8]) -> usize {
         let n = self.len.saturating_sub(offset).min(out.len());
+        if n == 0 {
+            // Also keeps `pos + offset` from pointing past the data area.
+            return 0;
+        }
         // SAFETY: offset + n <= len, and the record [pos, pos + len) was validated to
         // be published and inside the data area; `out` is private.
         unsafe {
@@ -503,6 +534,9 @@ impl Record<'_> {
     /// Appends the payload from `offset` on to `dst`; returns how many bytes.
     pub fn append_to(&self, offset: usize, dst: &mut BytesMut) -> usize {
         let n = self.len.saturating_sub(offset);
+        if n == 0 {
+            return 0;
+        }
         dst.reserve(n);
         let spare = dst.spare_capacity_mut();
         // SAFETY: `reserve` made at least n spare bytes; the source range is inside
@@ -620,7 +654,7 @@ impl Producer {
 
 impl Drop for Producer {
     fn drop(&mut self) {
-        self.ring.producer_taken.store(false, Ordering::Release);
+        self.ring.taken.producer.store(false, Ordering::Release);
     }
 }
 
@@ -720,6 +754,6 @@ impl Consumer {
 
 impl Drop for Consumer {
     fn drop(&mut self) {
-        self.ring.consumer_taken.store(false, Ordering::Release);
+        self.ring.taken.consumer.store(false, Ordering::Release);
     }
 }
