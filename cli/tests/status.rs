@@ -60,7 +60,7 @@ async fn status_shows_capacity_split_pod_and_both_relays_as_table_and_json() {
             "running"
         ]
     );
-    // POD SIDE PID RESTARTS STREAMS BYTES-TX BYTES-RX SPINS SLEEPS WAKEUPS
+    // POD SIDE PID RESTARTS STREAMS FAST BYTES-TX BYTES-RX SPINS SLEEPS WAKEUPS
     let cpu_row = stdout
         .lines()
         .find(|l| l.split_whitespace().nth(1) == Some("cpu"))
@@ -73,6 +73,7 @@ async fn status_shows_capacity_split_pod_and_both_relays_as_table_and_json() {
             &cpu_pid.to_string(),
             "-",
             "3/8",
+            "1/4",
             "2222",
             "1111",
             "66",
@@ -91,7 +92,11 @@ async fn status_shows_capacity_split_pod_and_both_relays_as_table_and_json() {
         dpu_row[2].parse::<u32>().is_ok_and(|p| p > 0),
         "{dpu_row:?}"
     );
-    assert_eq!(dpu_row[3..], ["0", "2/7", "1111", "2222", "33", "44", "55"]);
+    // This fixture's DPU relay reports no fast-path counters: shown as missing.
+    assert_eq!(
+        dpu_row[3..],
+        ["0", "2/7", "-/-", "1111", "2222", "33", "44", "55"]
+    );
 
     let out = node.heteropod(&["status", "--json"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -135,6 +140,13 @@ async fn status_shows_capacity_split_pod_and_both_relays_as_table_and_json() {
     assert_eq!(cpu["counters"]["bytes_tx"], 2222);
     assert_eq!(cpu["counters"]["wakeups"], 88);
     assert_eq!(cpu["counters"]["raw"]["relay"]["connects_ok"], 5);
+    assert_eq!(
+        (
+            &cpu["counters"]["fast_active"],
+            &cpu["counters"]["fast_total"]
+        ),
+        (&Value::from(1), &Value::from(4))
+    );
     assert_eq!(dpu["restarts"], 0);
     assert_eq!(dpu["counters"]["streams_active"], 2);
     assert_eq!(dpu["counters"]["spins"], 33);

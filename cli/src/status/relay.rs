@@ -34,6 +34,10 @@ pub struct RelayCounters {
     pub spins: Option<u64>,
     pub sleeps: Option<u64>,
     pub wakeups: Option<u64>,
+    /// Fast-path (hetero-socket) connections open now and ever made: brokered
+    /// by the CPU relay, served by the DPU relay.
+    pub fast_active: Option<u64>,
+    pub fast_total: Option<u64>,
     pub raw: Value,
 }
 
@@ -44,7 +48,14 @@ impl RelayCounters {
                 .and_then(|m| m.get(k))
                 .and_then(Value::as_u64)
         };
+        let relay = |k: &str| {
+            doc.get("relay")
+                .and_then(|m| m.get(k))
+                .and_then(Value::as_u64)
+        };
         RelayCounters {
+            fast_active: relay("fast_active"),
+            fast_total: relay("fast_connects"),
             connected: doc
                 .get("mux")
                 .and_then(|m| m.get("connected"))
@@ -132,7 +143,7 @@ mod tests {
     #[test]
     fn reads_mux_counters_and_leaves_missing_ones_empty() {
         let doc = serde_json::json!({
-            "relay": {"connects_ok": 1},
+            "relay": {"connects_ok": 1, "fast_connects": 7, "fast_active": 1},
             "mux": {"connected": true, "streams_open": 2, "streams_total": 9, "bytes_tx": 10,
                     "bytes_rx": 20, "spins": 3, "sleeps": 4}
         });
@@ -144,6 +155,7 @@ mod tests {
             (sut.spins, sut.sleeps, sut.wakeups),
             (Some(3), Some(4), None)
         );
+        assert_eq!((sut.fast_active, sut.fast_total), (Some(1), Some(7)));
     }
 
     #[test]

@@ -107,9 +107,9 @@ fn pods(s: &Snapshot) -> String {
 }
 
 fn relays(relays: &[Relay]) -> String {
-    const HEADER: [&str; 10] = [
-        "POD", "SIDE", "PID", "RESTARTS", "STREAMS", "BYTES-TX", "BYTES-RX", "SPINS", "SLEEPS",
-        "WAKEUPS",
+    const HEADER: [&str; 11] = [
+        "POD", "SIDE", "PID", "RESTARTS", "STREAMS", "FAST", "BYTES-TX", "BYTES-RX", "SPINS",
+        "SLEEPS", "WAKEUPS",
     ];
     if relays.is_empty() {
         return "no split Pods, no relays\n".into();
@@ -122,12 +122,18 @@ fn relays(relays: &[Relay]) -> String {
                 Some(c) => format!("{}/{}", dash(c.streams_active), dash(c.streams_total)),
                 None => "-".into(),
             };
+            // Fast-path connections, open/ever (the mux's streams do not count them).
+            let fast = match c {
+                Some(c) => format!("{}/{}", dash(c.fast_active), dash(c.fast_total)),
+                None => "-".into(),
+            };
             vec![
                 short(&r.pod_id),
                 dash(r.side.map(|s| s.as_str())),
                 dash(r.pid),
                 dash(r.restarts),
                 streams,
+                fast,
                 dash(c.and_then(|c| c.bytes_tx)),
                 dash(c.and_then(|c| c.bytes_rx)),
                 dash(c.and_then(|c| c.spins)),

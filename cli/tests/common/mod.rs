@@ -21,7 +21,7 @@ pub const POD_SHORT: &str = "c0ffee0123456789";
 pub const CONTAINER: &str = "envoy-c0ffee";
 
 pub const DPU_STATS: &str = r#"{"relay":{"connects_ok":3},"mux":{"connected":true,"streams_open":2,"streams_total":7,"bytes_tx":1111,"bytes_rx":2222,"spins":33,"sleeps":44,"wakeups":55}}"#;
-pub const CPU_STATS: &str = r#"{"relay":{"connects_ok":5},"mux":{"connected":true,"streams_open":3,"streams_total":8,"bytes_tx":2222,"bytes_rx":1111,"spins":66,"sleeps":77,"wakeups":88}}"#;
+pub const CPU_STATS: &str = r#"{"relay":{"connects_ok":5,"fast_connects":4,"fast_active":1},"mux":{"connected":true,"streams_open":3,"streams_total":8,"bytes_tx":2222,"bytes_rx":1111,"spins":66,"sleeps":77,"wakeups":88}}"#;
 
 /// Skips (with a message) where the agent cannot run its containers.
 pub fn can_run() -> bool {
