@@ -327,21 +327,72 @@ print("done")
     assert_eq!(stat(&pod.cpu, "fast_connects"), 1);
 }
 
-#[test]
-fn a_killed_peer_resets_the_connection_and_nothing_hangs() {
-    let mut pod = Pod::new();
-    echo_server(&pod.dpu_path(), "127.0.0.1:18208");
-    mirrored(&pod, 18208);
-    let marker = tempfile::NamedTempFile::new().unwrap();
-    let script = format!(
-        r#"
+/// A preloaded Python client that connects to `port` in the CPU half, checks
+/// one echo, then waits for [`HeldClient::go`] before running `then` (Python,
+/// with the connection as `s`).
+struct HeldClient {
+    child: Child,
+    marker: tempfile::NamedTempFile,
+    _script: tempfile::NamedTempFile,
+}
+
+impl HeldClient {
+    fn start(pod: &Pod, port: u16, then: &str) -> HeldClient {
+        let marker = tempfile::NamedTempFile::new().unwrap();
+        let script = format!(
+            r#"
 import socket, time, os
-s = socket.create_connection(("127.0.0.1", 18208))
+s = socket.create_connection(("127.0.0.1", {port}))
 s.sendall(b"x"); assert s.recv(1) == b"x"
 open("{m}", "w").write("connected")
 deadline = time.time() + 30
 while not os.path.exists("{m}.go") and time.time() < deadline:
     time.sleep(0.05)
+{then}
+"#,
+            m = marker.path().display()
+        );
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), script).unwrap();
+        let child = command(
+            &pod.cpu_ns,
+            true,
+            &format!("exec timeout -s KILL 60 python3 {}", file.path().display()),
+        )
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+        eventually(20, "client connected", || {
+            (std::fs::read_to_string(marker.path()).unwrap_or_default() == "connected")
+                .then_some(())
+        });
+        HeldClient {
+            child,
+            marker,
+            _script: file,
+        }
+    }
+
+    /// Lets the client go on; its exit status and stdout lines.
+    fn go(self) -> (std::process::ExitStatus, Vec<String>) {
+        let go = PathBuf::from(format!("{}.go", self.marker.path().display()));
+        std::fs::write(&go, "").unwrap();
+        let o = self.child.wait_with_output().unwrap();
+        let _ = std::fs::remove_file(&go);
+        let out = String::from_utf8_lossy(&o.stdout);
+        (o.status, out.lines().map(str::to_string).collect())
+    }
+}
+
+#[test]
+fn a_killed_peer_resets_the_connection_and_nothing_hangs() {
+    let mut pod = Pod::new();
+    echo_server(&pod.dpu_path(), "127.0.0.1:18208");
+    mirrored(&pod, 18208);
+    let client = HeldClient::start(
+        &pod,
+        18208,
+        r#"
 try:
     while True:
         s.sendall(b"y" * 1000)
@@ -351,32 +402,17 @@ try:
 except (ConnectionResetError, BrokenPipeError) as e:
     print(type(e).__name__)
 "#,
-        m = marker.path().display()
     );
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), script).unwrap();
-    let child = command(
-        &pod.cpu_ns,
-        true,
-        &format!("exec timeout -s KILL 60 python3 {}", file.path().display()),
-    )
-    .stdout(Stdio::piped())
-    .spawn()
-    .unwrap();
-    eventually(20, "client connected", || {
-        (std::fs::read_to_string(marker.path()).unwrap_or_default() == "connected").then_some(())
-    });
     pod.dpu.kill9();
-    let go = PathBuf::from(format!("{}.go", marker.path().display()));
-    std::fs::write(&go, "").unwrap();
     let start = Instant::now();
-    let o = child.wait_with_output().unwrap();
-    let _ = std::fs::remove_file(&go);
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "client: {:?} {out}", o.status);
+    let (status, lines) = client.go();
+    assert!(status.success(), "client: {status:?} {lines:?}");
     assert!(
-        out.trim() == "ConnectionResetError" || out.trim() == "BrokenPipeError",
-        "{out}"
+        matches!(
+            lines.first().map(String::as_str),
+            Some("ConnectionResetError" | "BrokenPipeError")
+        ),
+        "{lines:?}"
     );
     assert!(start.elapsed() < Duration::from_secs(10));
 }
@@ -404,16 +440,10 @@ fn garbage_in_the_ring_ends_the_connection_and_the_program_survives() {
     let mut pod = Pod::new();
     echo_server(&pod.dpu_path(), "127.0.0.1:18209");
     mirrored(&pod, 18209);
-    let marker = tempfile::NamedTempFile::new().unwrap();
-    let script = format!(
+    let client = HeldClient::start(
+        &pod,
+        18209,
         r#"
-import socket, time, os
-s = socket.create_connection(("127.0.0.1", 18209))
-s.sendall(b"x"); assert s.recv(1) == b"x"
-open("{m}", "w").write("connected")
-deadline = time.time() + 30
-while not os.path.exists("{m}.go") and time.time() < deadline:
-    time.sleep(0.05)
 try:
     for _ in range(100):
         s.sendall(b"y" * 1000)
@@ -425,21 +455,7 @@ except (ConnectionResetError, BrokenPipeError) as e:
 t = socket.create_connection(("127.0.0.1", 18209))
 t.sendall(b"again"); print(t.recv(10).decode())
 "#,
-        m = marker.path().display()
     );
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), script).unwrap();
-    let child = command(
-        &pod.cpu_ns,
-        true,
-        &format!("exec timeout -s KILL 60 python3 {}", file.path().display()),
-    )
-    .stdout(Stdio::piped())
-    .spawn()
-    .unwrap();
-    eventually(20, "client connected", || {
-        (std::fs::read_to_string(marker.path()).unwrap_or_default() == "connected").then_some(())
-    });
     // Ring 0's tail word (region header page, then the ring's control block):
     // an index no ring of this size can have.
     let regions = fast_regions(pod.dpu.pid());
@@ -450,21 +466,16 @@ t.sendall(b"again"); print(t.recv(10).decode())
         .unwrap();
     f.write_all_at(&u64::MAX.to_le_bytes(), 4096).unwrap();
     drop(f);
-    let go = PathBuf::from(format!("{}.go", marker.path().display()));
-    std::fs::write(&go, "").unwrap();
-    let o = child.wait_with_output().unwrap();
-    let _ = std::fs::remove_file(&go);
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "client: {:?} {out}", o.status);
-    let lines: Vec<&str> = out.lines().collect();
+    let (status, lines) = client.go();
+    assert!(status.success(), "client: {status:?} {lines:?}");
     assert!(
         matches!(
-            lines.first(),
-            Some(&"ConnectionResetError") | Some(&"BrokenPipeError")
+            lines.first().map(String::as_str),
+            Some("ConnectionResetError" | "BrokenPipeError")
         ),
-        "{out}"
+        "{lines:?}"
     );
-    assert_eq!(lines.get(1), Some(&"again"), "{out}");
+    assert_eq!(lines.get(1).map(String::as_str), Some("again"), "{lines:?}");
     assert!(pod.dpu.alive() && pod.cpu.alive(), "{}", pod.logs());
     assert_eq!(stat(&pod.cpu, "fast_connects"), 2);
 }

@@ -264,6 +264,21 @@ impl Ring {
         unsafe { std::ptr::copy_nonoverlapping(self.data.add(pos as usize), dst, len) };
     }
 
+    /// Both shared indices, checked against each other (8-aligned, at most
+    /// `capacity` apart): what a handle adopting the shared state may trust.
+    fn shared_indices(&self) -> Result<(u64, u64), RingError> {
+        let head = self.ctrl().head.0.load(Ordering::Acquire);
+        let tail = self.ctrl().tail.0.load(Ordering::Acquire);
+        if tail.wrapping_sub(head) > self.capacity || (head | tail) & 7 != 0 {
+            return Err(RingError::IndexOutOfRange {
+                head,
+                tail,
+                capacity: self.capacity,
+            });
+        }
+        Ok((head, tail))
+    }
+
     fn load_head(&self, st: &mut ProducerState) -> Result<(), RingError> {
         let head = self.ctrl().head.0.load(Ordering::Acquire);
         // The consumer may only have advanced from head_cache up to our tail.
@@ -603,18 +618,11 @@ impl Producer {
         if let Some(e) = &self.st.broken {
             return Err(e.clone());
         }
+        let (head, tail) = self
+            .ring
+            .shared_indices()
+            .inspect_err(|e| self.st.broken = Some(e.clone()))?;
         let c = self.ring.ctrl();
-        let tail = c.tail.0.load(Ordering::Acquire);
-        let head = c.head.0.load(Ordering::Acquire);
-        if tail.wrapping_sub(head) > self.ring.capacity || tail & 7 != 0 {
-            let e = RingError::IndexOutOfRange {
-                head,
-                tail,
-                capacity: self.ring.capacity,
-            };
-            self.st.broken = Some(e.clone());
-            return Err(e);
-        }
         self.st.tail = tail;
         self.st.published = tail;
         self.st.head_cache = head;
@@ -702,18 +710,11 @@ impl Consumer {
             return Err(e.clone());
         }
         self.ring.release(&mut self.st);
+        let (head, _) = self
+            .ring
+            .shared_indices()
+            .inspect_err(|e| self.st.broken = Some(e.clone()))?;
         let c = self.ring.ctrl();
-        let head = c.head.0.load(Ordering::Acquire);
-        let tail = c.tail.0.load(Ordering::Acquire);
-        if tail.wrapping_sub(head) > self.ring.capacity || head & 7 != 0 {
-            let e = RingError::IndexOutOfRange {
-                head,
-                tail,
-                capacity: self.ring.capacity,
-            };
-            self.st.broken = Some(e.clone());
-            return Err(e);
-        }
         self.st.head = head;
         self.st.released = head;
         self.st.tail_cache = head;
