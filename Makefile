@@ -20,6 +20,8 @@ deps:
 build: deps
 	@echo "==> cargo build --release"
 	@$(CARGO) build --release --workspace --bins
+	@echo "==> cargo build --release -p heterosocket (libheterosocket.so, the fast-path LD_PRELOAD library)"
+	@$(CARGO) build --release -p heterosocket --lib
 	@echo "==> cargo build --profile shim (small static shim for containerd)"
 	@RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --profile shim \
 		-p heteropod-shim --target $(HOST_TRIPLE)

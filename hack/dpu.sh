@@ -10,6 +10,9 @@ DPU_PIDFILE="${DPU_PIDFILE:-$HETEROPOD_STATE/dpu-proxy.pid}"
 DPU_LOG="${DPU_LOG:-$HETEROPOD_STATE/dpu-proxy.log}"
 DPU_PROXY_BIN="${DPU_PROXY_BIN:-$CARGO_RELEASE_DIR/heteropod-dpu-proxy}"
 DPU_RELAY_BIN="${DPU_RELAY_BIN:-$CARGO_RELEASE_DIR/heteronet}"
+# The fast-path library the shim bind-mounts into Pods that ask for it
+# (heteropod.io/fastpath); `make build` builds it.
+FASTPATH_LIB="${FASTPATH_LIB:-$CARGO_RELEASE_DIR/libheterosocket.so}"
 # Empty: the agent's default, the last online core.
 DPU_CPUS="${DPU_CPUS:-}"
 DPU_MEMORY="${DPU_MEMORY:-2G}"
@@ -72,6 +75,10 @@ orphans_dir = "$HETEROPOD_STATE/dpu-orphans"
 default = "$DPU_PLACEMENT_DEFAULT"
 # Node policy the CRI suite exercises (tests/placement.rs names containers so).
 infra_names = ["hp-infra-*"]
+
+[fastpath]
+allow = true
+library = "$FASTPATH_LIB"
 CFG
     else
         cat >"$HETEROPOD_CONFIG" <<CFG

@@ -70,12 +70,19 @@ shared_libs() {
 build_busybox() {
     local out=$IMAGE_CACHE/busybox.tar deb hash rootfs lib applet
     local -a libs
+    local gcc_s
     deb="$(busybox_deb)"
     local unpacked="$IMAGE_CACHE/busybox-deb"
     rm -rf "$unpacked"
     dpkg-deb -x "$deb" "$unpacked"
     mapfile -t libs < <(shared_libs "$unpacked/bin/busybox")
     ((${#libs[@]} > 0)) || die "busybox from $deb is not dynamically linked; want Debian's 'busybox', not 'busybox-static'"
+    # libgcc_s, as in Debian's own base images (libgcc-s1 is Priority: required):
+    # the fast-path library (libheterosocket.so) needs it, and the shim preloads
+    # that only into images that have what it needs.
+    gcc_s="$(ldconfig -p | awk '$1 == "libgcc_s.so.1" { print $NF; exit }')"
+    [[ -n $gcc_s ]] || die "no libgcc_s.so.1 on this host (ldconfig -p)"
+    libs+=("$gcc_s")
     hash="$(inputs_hash "$deb" "${libs[@]}")"
     if up_to_date "$out" "$hash"; then
         log "busybox image archive up to date ($out)"

@@ -19,6 +19,34 @@ pub struct Config {
     pub runc: RuncConfig,
     pub dpu: DpuConfig,
     pub placement: PlacementPolicy,
+    pub fastpath: FastpathConfig,
+}
+
+/// Where the hetero-socket library (`libheterosocket.so`) is installed when
+/// `[fastpath] library` is not set.
+pub const DEFAULT_FASTPATH_LIBRARY: &str = "/usr/local/lib/heteropod/libheterosocket.so";
+
+/// The fast path: `libheterosocket.so` preloaded into the CPU containers of
+/// Pods that ask for it (`heteropod.io/fastpath`), see `fastpath`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FastpathConfig {
+    /// Whether Pods may have it at all; `false` ignores the annotation (logged).
+    pub allow: bool,
+    /// For Pods without the annotation.
+    pub default: bool,
+    /// The library on this node (absolute); missing: the spec is left alone (logged).
+    pub library: String,
+}
+
+impl Default for FastpathConfig {
+    fn default() -> Self {
+        Self {
+            allow: true,
+            default: false,
+            library: DEFAULT_FASTPATH_LIBRARY.into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -219,6 +247,17 @@ impl Config {
         if self.dpu.link == LinkKind::Ivshmem {
             self.dpu.validate_ivshmem().map_err(bad)?;
         }
+        if !self.fastpath.library.starts_with('/') {
+            return Err(bad(format!(
+                "fastpath.library {:?} must be absolute",
+                self.fastpath.library
+            )));
+        }
+        if self.fastpath.default && !self.fastpath.allow {
+            return Err(bad(
+                "fastpath.default = true contradicts fastpath.allow = false".into(),
+            ));
+        }
         if !self.runc.root.starts_with('/') {
             return Err(bad(format!(
                 "runc.root {:?} must be absolute",
@@ -328,6 +367,31 @@ mod tests {
         }
         // Unused keys of another link kind are not checked.
         assert!(Config::parse("[dpu]\nguest_bar = \"x\"\n", "cfg").is_ok());
+    }
+
+    #[test]
+    fn fastpath_keys_are_read_and_checked() {
+        let sut = Config::default().fastpath;
+        assert!(sut.allow && !sut.default);
+        assert_eq!(sut.library, DEFAULT_FASTPATH_LIBRARY);
+        let text = "[fastpath]\nallow = false\nlibrary = \"/opt/hp/libheterosocket.so\"\n";
+        let sut = Config::parse(text, "cfg").unwrap().fastpath;
+        assert!(!sut.allow);
+        assert_eq!(sut.library, "/opt/hp/libheterosocket.so");
+        assert!(
+            Config::parse("[fastpath]\ndefault = true\n", "cfg")
+                .unwrap()
+                .fastpath
+                .default
+        );
+        for bad in [
+            "library = \"lib.so\"",
+            "allow = false\ndefault = true",
+            "enabled = true",
+        ] {
+            let err = Config::parse(&format!("[fastpath]\n{bad}\n"), "cfg");
+            assert!(err.is_err(), "{bad} accepted");
+        }
     }
 
     #[test]

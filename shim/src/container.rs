@@ -23,6 +23,8 @@ pub struct Container {
     /// The container shares a PID namespace (e.g. the Pod's), so its processes do
     /// not die with its init and must be killed explicitly.
     pub shared_pid_ns: bool,
+    /// The fast-path library is preloaded (see `fastpath`): execs get it too.
+    pub fastpath: bool,
     /// Serialises lifecycle steps with exit handling so events keep their order
     /// (create/start/exec-started before the matching exit).
     pub lifecycle: tokio::sync::Mutex<()>,
@@ -45,8 +47,15 @@ impl Container {
             init,
             execs: Mutex::new(HashMap::new()),
             shared_pid_ns,
+            fastpath: false,
             lifecycle: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Marks the container as having the fast-path library preloaded.
+    pub fn with_fastpath(mut self, on: bool) -> Container {
+        self.fastpath = on;
+        self
     }
 
     fn execs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Process>>> {

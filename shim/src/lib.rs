@@ -13,6 +13,7 @@ pub mod dpu_fit;
 pub mod error;
 pub mod events;
 pub mod exits;
+pub mod fastpath;
 pub mod io;
 pub mod logging;
 pub mod options;

@@ -25,6 +25,7 @@ use crate::{
     error::{Error, Result},
     events::Events,
     exits::{ExitTable, Watched},
+    fastpath,
     io::Stdio,
     options::RuntimeOptions,
     placement,
@@ -102,6 +103,7 @@ impl TaskService {
         let intent = placement::decide(annotations, &config)?;
         let placement = dpu_fit::resolve(&req.id, intent, spec.demand, &config).await?;
         placement::check_spans(&req.id, placement, spec.shared_pid_ns)?;
+        let fastpath = fastpath::decide(annotations, placement, &config)?;
         let is_sandbox = annotations
             .get(placement::CONTAINER_TYPE)
             .map(String::as_str)
@@ -117,6 +119,7 @@ impl TaskService {
         )
         .await?;
         settings.save(&bundle)?;
+        let fastpath = fastpath::request(&req.id, fastpath, &config);
         lock(&self.shared.sandbox).admit(&req.id, is_sandbox, placement)?;
 
         let events = self.shared.events.clone();
@@ -143,6 +146,7 @@ impl TaskService {
                 stdio: &stdio,
                 on_oom,
                 pod_netns: pod_netns.as_deref(),
+                fastpath: fastpath.as_ref(),
             })
             .await
         {
@@ -155,14 +159,17 @@ impl TaskService {
         let init = Arc::new(Process::new("", stdio.clone(), None));
         let remote_exit = spawned.exit;
         init.set_created(spawned.pid, spawned.stdin, spawned.console);
-        let container = Arc::new(Container::new(
-            &req.id,
-            bundle,
-            placement,
-            backend,
-            init.clone(),
-            spec.shared_pid_ns,
-        ));
+        let container = Arc::new(
+            Container::new(
+                &req.id,
+                bundle,
+                placement,
+                backend,
+                init.clone(),
+                spec.shared_pid_ns,
+            )
+            .with_fastpath(fastpath.is_some_and(|r| r.applied())),
+        );
         let _order = container.lifecycle.lock().await;
         lock(&self.shared.containers).insert(req.id.clone(), container.clone());
         let watched = Watched {
@@ -336,6 +343,14 @@ impl TaskService {
         let mut spec: oci_spec::runtime::Process = serde_json::from_slice(&any.value)
             .map_err(|e| Error::InvalidArgument(format!("exec process spec: {e}")))?;
         spec.set_terminal(Some(req.terminal));
+        if c.fastpath {
+            // containerd builds an exec's process from its own copy of the
+            // spec, which has not seen the bundle's edit.
+            let mut env = spec.env().clone().unwrap_or_default();
+            if fastpath::preload_env(&mut env) {
+                spec.set_env(Some(env));
+            }
+        }
         let stdio = Stdio {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),

@@ -46,6 +46,9 @@ pub struct CreateSpec<'a> {
     /// The netns of the Pod's network half on this unit, when it differs from
     /// the one in the spec (the DPU half).
     pub pod_netns: Option<&'a str>,
+    /// The fast-path library to preload once the rootfs is mounted, if the
+    /// image can load it (CPU containers only, see `fastpath`).
+    pub fastpath: Option<&'a crate::fastpath::Request>,
 }
 
 /// One container on one processing unit.

@@ -151,6 +151,10 @@ impl Backend for RuncBackend {
 
     async fn create(&self, spec: CreateSpec<'_>) -> Result<Spawned> {
         rootfs::mount(&self.bundle, spec.rootfs).await?;
+        if let Some(request) = spec.fastpath {
+            let rootfs = rootfs::rootfs_of(&self.bundle);
+            crate::fastpath::inject(&self.id, &self.bundle, &rootfs, request);
+        }
         let pid_file = self.bundle.join(INIT_PID_FILE);
         let mut opts = CreateOpts::new()
             .pid_file(&pid_file)
