@@ -260,6 +260,8 @@ fn iperf3(p: &ToolPath, secs: f64) -> Result<f64> {
 pub struct ToolResults {
     pub sockperf: BTreeMap<&'static str, (f64, f64)>,
     pub iperf3: BTreeMap<&'static str, f64>,
+    /// CPU of the CPU-side and DPU-side relay (% of one core) during sockperf.
+    pub relay_cpu: BTreeMap<&'static str, (f64, f64)>,
     /// Both relays' CPU, % of a core, with 100 idle fast connections.
     pub idle_fastpath: Option<f64>,
 }
@@ -284,6 +286,7 @@ fn only_relays_of(t: &Topology, active: &ToolPath) {
 pub fn measure(t: &Topology, rounds: usize, secs: f64, notes: &mut Vec<String>) -> ToolResults {
     let mut lat: BTreeMap<&'static str, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
     let mut bw: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
+    let mut relay_cpu: BTreeMap<&'static str, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
     for round in 0..rounds.max(1) {
         eprintln!(
             "bench-net: sockperf and iperf3, round {}/{}",
@@ -292,11 +295,26 @@ pub fn measure(t: &Topology, rounds: usize, secs: f64, notes: &mut Vec<String>) 
         );
         for p in &t.paths {
             only_relays_of(t, p);
+            let ticks = |i: usize| p.relays.get(i).and_then(|pid| cpu_ticks(*pid).ok());
+            let before = (ticks(0), ticks(1), std::time::Instant::now());
             match sockperf(p, secs) {
                 Ok((a, b)) => {
                     let e = lat.entry(p.name).or_default();
                     e.0.push(a);
                     e.1.push(b);
+                    // Each relay's CPU while the ping-pong ran, % of one core.
+                    let wall = before.2.elapsed().as_secs_f64();
+                    let pct_of = |b: Option<u64>, a: Option<u64>| {
+                        b.zip(a)
+                            .map(|(b, a)| (a - b) as f64 / CLK_TCK / wall * 100.0)
+                    };
+                    if let (Some(h), Some(d)) =
+                        (pct_of(before.0, ticks(0)), pct_of(before.1, ticks(1)))
+                    {
+                        let e = relay_cpu.entry(p.name).or_default();
+                        e.0.push(h);
+                        e.1.push(d);
+                    }
                 }
                 Err(e) => notes.push(format!("sockperf {}: {e:#}", p.name)),
             }
@@ -325,6 +343,10 @@ pub fn measure(t: &Topology, rounds: usize, secs: f64, notes: &mut Vec<String>) 
     }
     for (k, mut v) in bw {
         r.iperf3.insert(k, round2(pct(&mut v, 0.5)));
+    }
+    for (k, (mut h, mut d)) in relay_cpu {
+        r.relay_cpu
+            .insert(k, (round2(pct(&mut h, 0.5)), round2(pct(&mut d, 0.5))));
     }
     r
 }
@@ -409,6 +431,11 @@ pub fn print(r: &ToolResults, rounds: usize) {
             f(b.map(|x| x / veth_bw)),
         );
     }
+    for (k, (h, d)) in &r.relay_cpu {
+        println!(
+            "relay CPU during sockperf, {k:<16} CPU side {h:>6.1} %, DPU side {d:>6.1} % of one core"
+        );
+    }
     if let Some(v) = r.idle_fastpath {
         println!(
             "idle CPU fastpath: {v:.2} % of one core (both relays, 100 idle fast connections)"
@@ -422,7 +449,13 @@ pub fn json(r: &ToolResults) -> (Value, Value) {
     let s: serde_json::Map<String, Value> = r
         .sockperf
         .iter()
-        .map(|(k, (a, b))| (k.to_string(), serde_json::json!({"p50_us": a, "p99_us": b})))
+        .map(|(k, (a, b))| {
+            let mut v = serde_json::json!({"p50_us": a, "p99_us": b});
+            if let Some((h, d)) = r.relay_cpu.get(k) {
+                v["relay_cpu_pct"] = serde_json::json!({"cpu_side": h, "dpu_side": d});
+            }
+            (k.to_string(), v)
+        })
         .collect();
     let i: serde_json::Map<String, Value> = r
         .iperf3
