@@ -479,3 +479,42 @@ t.sendall(b"again"); print(t.recv(10).decode())
     assert!(pod.dpu.alive() && pod.cpu.alive(), "{}", pod.logs());
     assert_eq!(stat(&pod.cpu, "fast_connects"), 2);
 }
+
+#[test]
+fn c_stdio_over_a_fast_connection_works() {
+    // glibc's stdio reads and writes through internal calls; a stream made
+    // with fdopen on a fast connection must still use the ring (busybox wget
+    // is such a program). ctypes calls libc's fdopen, fputs and fgets.
+    let pod = Pod::new();
+    echo_server(&pod.dpu_path(), "127.0.0.1:18210");
+    mirrored(&pod, 18210);
+    let out = python(
+        &pod,
+        30,
+        r#"
+import ctypes, socket
+libc = ctypes.CDLL(None)
+libc.fdopen.restype = ctypes.c_void_p
+libc.fdopen.argtypes = [ctypes.c_int, ctypes.c_char_p]
+for f in ("fputs", "fflush", "fgets", "fclose"):
+    getattr(libc, f).argtypes = {
+        "fputs": [ctypes.c_char_p, ctypes.c_void_p],
+        "fflush": [ctypes.c_void_p],
+        "fgets": [ctypes.c_char_p, ctypes.c_int, ctypes.c_void_p],
+        "fclose": [ctypes.c_void_p],
+    }[f]
+s = socket.create_connection(("127.0.0.1", 18210))
+f = libc.fdopen(s.detach(), b"r+")
+assert f
+libc.fputs(b"hello stdio\n", f)
+assert libc.fflush(f) == 0
+buf = ctypes.create_string_buffer(64)
+assert libc.fgets(buf, 64, f)
+print(buf.value.decode().strip())
+assert libc.fclose(f) == 0
+"#,
+    );
+    assert_eq!(out.trim(), "hello stdio");
+    assert_eq!(stat(&pod.cpu, "fast_connects"), 1);
+    assert_eq!(stat(&pod.dpu, "fast_bytes_in"), 12);
+}

@@ -895,3 +895,68 @@ pub unsafe extern "C" fn pselect(
     // SAFETY: the caller's arguments, passed on unchanged.
     unsafe { real::pselect(n, r, w, e, timeout, mask) }
 }
+
+/// glibc's `cookie_io_functions_t`.
+#[repr(C)]
+struct CookieIo {
+    read: Option<unsafe extern "C" fn(*mut c_void, *mut libc::c_char, size_t) -> ssize_t>,
+    write: Option<unsafe extern "C" fn(*mut c_void, *const libc::c_char, size_t) -> ssize_t>,
+    seek: Option<unsafe extern "C" fn(*mut c_void, *mut libc::off64_t, c_int) -> c_int>,
+    close: Option<unsafe extern "C" fn(*mut c_void) -> c_int>,
+}
+
+extern "C" {
+    fn fopencookie(cookie: *mut c_void, mode: *const libc::c_char, io: CookieIo)
+        -> *mut libc::FILE;
+}
+
+/// The descriptor a stream's cookie stands for.
+fn cookie_fd(cookie: *mut c_void) -> c_int {
+    cookie as usize as c_int
+}
+
+unsafe extern "C" fn cookie_read(
+    cookie: *mut c_void,
+    buf: *mut libc::c_char,
+    n: size_t,
+) -> ssize_t {
+    // SAFETY: stdio passes its buffer, valid for n bytes.
+    unsafe { read(cookie_fd(cookie), buf.cast(), n) }
+}
+
+unsafe extern "C" fn cookie_write(
+    cookie: *mut c_void,
+    buf: *const libc::c_char,
+    n: size_t,
+) -> ssize_t {
+    // SAFETY: stdio passes its buffer, valid for n bytes.
+    unsafe { write(cookie_fd(cookie), buf.cast(), n) }
+}
+
+unsafe extern "C" fn cookie_close(cookie: *mut c_void) -> c_int {
+    // SAFETY: no pointers.
+    unsafe { close(cookie_fd(cookie)) }
+}
+
+/// `fdopen`, served here for fast connections: glibc's stdio reads and writes
+/// through internal calls this library cannot see, so a stream over a fast
+/// connection is a cookie stream whose reads and writes come here.
+///
+/// # Safety
+/// The C contract of libc's `fdopen`: `mode` is a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn fdopen(fd: c_int, mode: *const libc::c_char) -> *mut libc::FILE {
+    if table::get(fd).is_some() {
+        let io = CookieIo {
+            read: Some(cookie_read),
+            write: Some(cookie_write),
+            seek: None,
+            close: Some(cookie_close),
+        };
+        // SAFETY: `mode` is the caller's string; the cookie is the descriptor
+        // number, not a pointer, and the callbacks only use it as such.
+        return unsafe { fopencookie(fd as usize as *mut c_void, mode, io) };
+    }
+    // SAFETY: the caller's arguments, passed on unchanged.
+    unsafe { real::fdopen(fd, mode) }
+}

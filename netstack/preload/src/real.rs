@@ -110,6 +110,24 @@ pub unsafe fn ioctl(fd: c_int, req: c_ulong, arg: *mut c_void) -> c_int {
     unsafe { f(fd, req, arg) }
 }
 
+/// libc's `fdopen`.
+///
+/// # Safety
+/// As for `fdopen`: `mode` is a NUL-terminated string.
+pub unsafe fn fdopen(fd: c_int, mode: *const libc::c_char) -> *mut libc::FILE {
+    static SLOT: AtomicPtr<c_void> = AtomicPtr::new(std::ptr::null_mut());
+    let p = next(c"fdopen", &SLOT);
+    if p.is_null() {
+        set_errno(libc::ENOSYS);
+        return std::ptr::null_mut();
+    }
+    // SAFETY: `p` is libc's `FILE *fdopen(int, const char *)`.
+    let f: unsafe extern "C" fn(c_int, *const libc::c_char) -> *mut libc::FILE =
+        unsafe { std::mem::transmute(p) };
+    // SAFETY: the caller upholds fdopen's contract.
+    unsafe { f(fd, mode) }
+}
+
 /// Sets the calling thread's errno.
 pub fn set_errno(e: c_int) {
     // SAFETY: __errno_location returns this thread's errno slot, always valid.
