@@ -16,7 +16,7 @@
 //! A library that cannot load stops every dynamically linked program of the
 //! container, so the runc backend calls [`inject`] once the image is mounted,
 //! and an image without a glibc loader and every shared object the library
-//! needs (`DT_NEEDED`, e.g. `libgcc_s.so.1`) is left alone, with a warning.
+//! needs ([`LIBRARY_NEEDS`]) is left alone, with a warning.
 //! Not checked: the image's glibc being at least as new as the one the
 //! library was built against.
 //!
@@ -238,14 +238,8 @@ pub fn request(id: &str, decision: Decision, config: &Config) -> Option<Request>
 /// (logged). Never fails.
 pub fn inject(id: &str, bundle: &Path, rootfs: &Path, request: &Request) {
     let library = &request.library;
-    let missing = needed(Path::new(library))
-        .map_err(|e| format!("cannot read the library's dependencies: {e}"))
-        .and_then(|needed| match missing_in(rootfs, &needed) {
-            Some(what) => Err(format!("the image has no {what}, which the library needs")),
-            None => Ok(()),
-        });
-    if let Err(why) = missing {
-        tracing::warn!(id, library = %library, "fast path off for this container: {why}; its connections use the relay");
+    if let Some(what) = missing_in(rootfs, LIBRARY_NEEDS) {
+        tracing::warn!(id, library = %library, "fast path off for this container: the image has no {what}, which the library needs; its connections use the relay");
         return;
     }
     match edit_bundle(bundle, library) {
@@ -296,8 +290,13 @@ fn library_dirs() -> [String; 6] {
     ]
 }
 
+/// What libheterosocket.so needs from an image besides the loader (its
+/// `DT_NEEDED`; the unwinder is linked in, see netstack/preload/build.rs, and
+/// heterosocket's `the_library_needs_only_libc` test keeps the two in step).
+pub const LIBRARY_NEEDS: &[&str] = &["libc.so.6"];
+
 /// The first of the loader and `needed` that `rootfs` lacks, if any.
-pub fn missing_in(rootfs: &Path, needed: &[String]) -> Option<String> {
+pub fn missing_in(rootfs: &Path, needed: &[&str]) -> Option<String> {
     if !is_file_in(rootfs, LOADER) {
         return Some(format!("glibc loader {LOADER}"));
     }
@@ -309,7 +308,7 @@ pub fn missing_in(rootfs: &Path, needed: &[String]) -> Option<String> {
                 .iter()
                 .any(|d| is_file_in(rootfs, &format!("{d}/{lib}")))
         })
-        .cloned()
+        .map(|lib| lib.to_string())
 }
 
 /// Whether `path` names a file inside `rootfs` as the container sees it:
@@ -357,96 +356,6 @@ fn is_file_in(rootfs: &Path, path: &str) -> bool {
         }
     }
     std::fs::metadata(rootfs.join(resolved.join("/"))).is_ok_and(|m| m.is_file())
-}
-
-/// The shared objects (`DT_NEEDED`) an ELF64 little-endian file asks for.
-pub fn needed(path: &Path) -> std::result::Result<Vec<String>, String> {
-    use std::os::unix::fs::FileExt;
-    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
-    let size = file.metadata().map_err(|e| e.to_string())?.len();
-    let read = |offset: u64, len: u64| -> std::result::Result<Vec<u8>, String> {
-        if len > 1 << 24 || offset.checked_add(len).is_none_or(|end| end > size) {
-            return Err(format!("{len} bytes at {offset} are outside the file"));
-        }
-        let mut buf = vec![0; len as usize];
-        file.read_exact_at(&mut buf, offset)
-            .map_err(|e| e.to_string())?;
-        Ok(buf)
-    };
-    parse_needed(&read, size)
-}
-
-/// [`needed`] over `read(offset, len)` of a file of `size` bytes.
-fn parse_needed(
-    read: &dyn Fn(u64, u64) -> std::result::Result<Vec<u8>, String>,
-    size: u64,
-) -> std::result::Result<Vec<String>, String> {
-    let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
-    let u64_at = |b: &[u8], o: usize| {
-        let mut a = [0; 8];
-        a.copy_from_slice(&b[o..o + 8]);
-        u64::from_le_bytes(a)
-    };
-    let header = read(0, 64)?;
-    if header[..4] != *b"\x7fELF" || header[4] != 2 || header[5] != 1 {
-        return Err("not a 64-bit little-endian ELF file".into());
-    }
-    let (phoff, phentsize, phnum) = (
-        u64_at(&header, 0x20),
-        u64::from(u16_at(&header, 0x36)),
-        u64::from(u16_at(&header, 0x38)),
-    );
-    if phentsize < 56 {
-        return Err(format!("program header size {phentsize}"));
-    }
-    let table = read(phoff, phentsize * phnum)?;
-    // (type, offset, vaddr, filesz) of each program header.
-    let headers: Vec<(u32, u64, u64, u64)> = table
-        .chunks_exact(phentsize as usize)
-        .map(|h| {
-            (
-                u32::from_le_bytes([h[0], h[1], h[2], h[3]]),
-                u64_at(h, 8),
-                u64_at(h, 16),
-                u64_at(h, 32),
-            )
-        })
-        .collect();
-    const PT_LOAD: u32 = 1;
-    const PT_DYNAMIC: u32 = 2;
-    let Some(&(_, dyn_off, _, dyn_size)) = headers.iter().find(|h| h.0 == PT_DYNAMIC) else {
-        return Ok(Vec::new()); // static: needs nothing
-    };
-    let dynamic = read(dyn_off, dyn_size - dyn_size % 16)?;
-    let mut names = Vec::new();
-    let mut strtab = None;
-    for entry in dynamic.chunks_exact(16) {
-        match u64_at(entry, 0) {
-            0 => break,
-            1 => names.push(u64_at(entry, 8)),
-            5 => strtab = Some(u64_at(entry, 8)),
-            _ => {}
-        }
-    }
-    let strtab = strtab.ok_or("no DT_STRTAB")?;
-    let strtab_off = headers
-        .iter()
-        .find(|&&(t, _, vaddr, filesz)| t == PT_LOAD && vaddr <= strtab && strtab - vaddr < filesz)
-        .map(|&(_, off, vaddr, _)| off + (strtab - vaddr))
-        .ok_or("DT_STRTAB is in no loaded segment")?;
-    names
-        .into_iter()
-        .map(|at| {
-            let start = strtab_off.checked_add(at).filter(|s| *s < size);
-            let start = start.ok_or("a name outside the file")?;
-            let bytes = read(start, 256.min(size - start))?;
-            let end = bytes
-                .iter()
-                .position(|b| *b == 0)
-                .ok_or("unterminated name")?;
-            String::from_utf8(bytes[..end].to_vec()).map_err(|e| e.to_string())
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -641,8 +550,8 @@ mod tests {
     fn an_image_must_hold_the_loader_and_every_needed_library() {
         let dir = tempfile::tempdir().unwrap();
         let root = image(dir.path());
-        assert_eq!(missing_in(&root, &["libc.so.6".to_string()]), None);
-        let needs = ["libc.so.6".to_string(), "libgcc_s.so.1".to_string()];
+        assert_eq!(missing_in(&root, LIBRARY_NEEDS), None);
+        let needs = ["libc.so.6", "libgcc_s.so.1"];
         assert_eq!(missing_in(&root, &needs).as_deref(), Some("libgcc_s.so.1"));
         let multiarch = format!("{}-linux-gnu", std::env::consts::ARCH);
         std::fs::write(
@@ -678,21 +587,6 @@ mod tests {
     }
 
     #[test]
-    fn needed_libraries_come_from_the_dynamic_section() {
-        // This test binary is dynamically linked against libc.
-        let sut = needed(Path::new("/proc/self/exe")).unwrap();
-        assert!(sut.iter().any(|l| l.starts_with("libc.so")), "{sut:?}");
-        let dir = tempfile::tempdir().unwrap();
-        let junk = dir.path().join("junk.so");
-        std::fs::write(&junk, vec![0x7f; 100]).unwrap();
-        assert!(needed(&junk).is_err());
-        let mut truncated = std::fs::read("/proc/self/exe").unwrap();
-        truncated.truncate(200);
-        std::fs::write(&junk, truncated).unwrap();
-        assert!(needed(&junk).is_err());
-    }
-
-    #[test]
     fn inject_edits_the_bundle_only_for_an_image_that_can_load_the_library() {
         let dir = tempfile::tempdir().unwrap();
         let root = image(dir.path());
@@ -700,7 +594,7 @@ mod tests {
         std::fs::create_dir(&bundle).unwrap();
         std::fs::write(bundle.join("config.json"), FIXTURE).unwrap();
         let mut config = node("");
-        // The "library" is this test binary: it needs libc (and maybe more).
+        // The "library" is any existing file: what it needs is LIBRARY_NEEDS.
         config.fastpath.library = "/proc/self/exe".into();
 
         let absent = dir.path().join("absent.so").display().to_string();
@@ -721,7 +615,7 @@ mod tests {
         );
 
         let multiarch = format!("{}-linux-gnu", std::env::consts::ARCH);
-        for lib in needed(Path::new("/proc/self/exe")).unwrap() {
+        for lib in LIBRARY_NEEDS {
             std::fs::write(root.join("usr/lib").join(&multiarch).join(lib), b"").unwrap();
         }
         inject("c1", &bundle, &root, &sut);
