@@ -29,8 +29,11 @@ async fn dpu_container_logs_execs_exits_in_the_dpu_cgroup() {
                     .annotation(&format!("{PLACEMENT_PREFIX}{name}"), "dpu"),
             )
             .await?;
+        // The pause after /tmp/go appears lets the exec that made it finish:
+        // when the init exits, the kernel kills what is left in its PID
+        // namespace, and a `touch` under TCG can still be exiting (137, seen once).
         let script = "echo hello-from-dpu; echo err-from-dpu >&2; \
-                      while [ ! -e /tmp/go ]; do sleep 0.1; done; exit 7";
+                      while [ ! -e /tmp/go ]; do sleep 0.1; done; sleep 1; exit 7";
         let c = ctx
             .run_container(&pod, ctx.container(name).shell(script))
             .await?;
