@@ -107,11 +107,30 @@ fn mirrored(pod: &Pod, port: u16) {
     });
 }
 
+/// A split Pod with an echo server on 127.0.0.1:`port` in the DPU half,
+/// mirrored into the CPU half.
+fn pod_with_echo(port: u16) -> Pod {
+    let pod = Pod::new();
+    echo_server(&pod.dpu_path(), &format!("127.0.0.1:{port}"));
+    mirrored(&pod, port);
+    pod
+}
+
+/// The held client ended cleanly after its connection was reset.
+fn assert_reset(status: std::process::ExitStatus, lines: &[String]) {
+    assert!(status.success(), "client: {status:?} {lines:?}");
+    assert!(
+        matches!(
+            lines.first().map(String::as_str),
+            Some("ConnectionResetError" | "BrokenPipeError")
+        ),
+        "{lines:?}"
+    );
+}
+
 #[test]
 fn socat_echoes_8_mib_byte_exact_with_half_close_over_the_fast_path() {
-    let pod = Pod::new();
-    echo_server(&pod.dpu_path(), "127.0.0.1:18200");
-    mirrored(&pod, 18200);
+    let pod = pod_with_echo(18200);
     let (dir, src) = data_file(8 << 20, 7);
     let dst = dir.path().join("echo");
     // socat half-closes after stdin's EOF and waits for the echo's EOF.
@@ -237,9 +256,7 @@ fn destinations_outside_the_other_half_go_through_the_kernel() {
 
 #[test]
 fn a_statically_linked_client_works_through_the_relay() {
-    let pod = Pod::new();
-    echo_server(&pod.dpu_path(), "127.0.0.1:18205");
-    mirrored(&pod, 18205);
+    let pod = pod_with_echo(18205);
     // busybox-static cannot load the library: LD_PRELOAD is ignored.
     let o = run(
         &pod.cpu_ns,
@@ -266,9 +283,7 @@ fn python(pod: &Pod, secs: u32, script: &str) -> String {
 
 #[test]
 fn a_thousand_connections_open_and_close() {
-    let pod = Pod::new();
-    echo_server(&pod.dpu_path(), "127.0.0.1:18206");
-    mirrored(&pod, 18206);
+    let pod = pod_with_echo(18206);
     let out = python(
         &pod,
         120,
@@ -295,9 +310,7 @@ print("done")
 
 #[test]
 fn both_processes_keep_a_connection_across_fork() {
-    let pod = Pod::new();
-    echo_server(&pod.dpu_path(), "127.0.0.1:18207");
-    mirrored(&pod, 18207);
+    let pod = pod_with_echo(18207);
     let out = python(
         &pod,
         60,
@@ -386,9 +399,7 @@ while not os.path.exists("{m}.go") and time.time() < deadline:
 
 #[test]
 fn a_killed_peer_resets_the_connection_and_nothing_hangs() {
-    let mut pod = Pod::new();
-    echo_server(&pod.dpu_path(), "127.0.0.1:18208");
-    mirrored(&pod, 18208);
+    let mut pod = pod_with_echo(18208);
     let client = HeldClient::start(
         &pod,
         18208,
@@ -406,14 +417,7 @@ except (ConnectionResetError, BrokenPipeError) as e:
     pod.dpu.kill9();
     let start = Instant::now();
     let (status, lines) = client.go();
-    assert!(status.success(), "client: {status:?} {lines:?}");
-    assert!(
-        matches!(
-            lines.first().map(String::as_str),
-            Some("ConnectionResetError" | "BrokenPipeError")
-        ),
-        "{lines:?}"
-    );
+    assert_reset(status, &lines);
     assert!(start.elapsed() < Duration::from_secs(10));
 }
 
@@ -437,9 +441,7 @@ fn fast_regions(pid: u32) -> Vec<PathBuf> {
 #[test]
 fn garbage_in_the_ring_ends_the_connection_and_the_program_survives() {
     use std::os::unix::fs::FileExt;
-    let mut pod = Pod::new();
-    echo_server(&pod.dpu_path(), "127.0.0.1:18209");
-    mirrored(&pod, 18209);
+    let mut pod = pod_with_echo(18209);
     let client = HeldClient::start(
         &pod,
         18209,
@@ -467,14 +469,7 @@ t.sendall(b"again"); print(t.recv(10).decode())
     f.write_all_at(&u64::MAX.to_le_bytes(), 4096).unwrap();
     drop(f);
     let (status, lines) = client.go();
-    assert!(status.success(), "client: {status:?} {lines:?}");
-    assert!(
-        matches!(
-            lines.first().map(String::as_str),
-            Some("ConnectionResetError" | "BrokenPipeError")
-        ),
-        "{lines:?}"
-    );
+    assert_reset(status, &lines);
     assert_eq!(lines.get(1).map(String::as_str), Some("again"), "{lines:?}");
     assert!(pod.dpu.alive() && pod.cpu.alive(), "{}", pod.logs());
     assert_eq!(stat(&pod.cpu, "fast_connects"), 2);
@@ -485,9 +480,7 @@ fn c_stdio_over_a_fast_connection_works() {
     // glibc's stdio reads and writes through internal calls; a stream made
     // with fdopen on a fast connection must still use the ring (busybox wget
     // is such a program). ctypes calls libc's fdopen, fputs and fgets.
-    let pod = Pod::new();
-    echo_server(&pod.dpu_path(), "127.0.0.1:18210");
-    mirrored(&pod, 18210);
+    let pod = pod_with_echo(18210);
     let out = python(
         &pod,
         30,

@@ -459,39 +459,30 @@ fn print_table(
     idle: &BTreeMap<&str, f64>,
     scale: &BTreeMap<String, BTreeMap<String, f64>>,
 ) {
-    let veth_p50 = rtt.get("veth").map(|x| x.0).unwrap_or(f64::NAN);
-    let veth_t = tput.get("veth").copied().unwrap_or(f64::NAN);
     println!("64-byte echo round trip (client write -> server echo -> client read), microseconds");
-    println!(
-        "{:<18} {:>10} {:>10} {:>9} {:>10} {:>9}",
-        "path", "RTT p50us", "RTT p99us", "p50/veth", "Gbit/s", "tput/veth"
+    print_paths(
+        [
+            "path",
+            "RTT p50us",
+            "RTT p99us",
+            "p50/veth",
+            "Gbit/s",
+            "tput/veth",
+        ],
+        &[
+            "loopback",
+            "veth",
+            "relay_socat",
+            "relay_splice",
+            "relay_elastic",
+            "relay_busypoll",
+            "ring",
+            "ring_pci",
+            "relay_pci_elastic",
+        ],
+        rtt,
+        tput,
     );
-    for name in [
-        "loopback",
-        "veth",
-        "relay_socat",
-        "relay_splice",
-        "relay_elastic",
-        "relay_busypoll",
-        "ring",
-        "ring_pci",
-        "relay_pci_elastic",
-    ] {
-        let Some((p50, p99)) = rtt.get(name) else {
-            continue;
-        };
-        let t = tput.get(name).copied();
-        println!(
-            "{:<18} {:>10.1} {:>10.1} {:>9.2} {:>10} {:>9}",
-            name,
-            p50,
-            p99,
-            p50 / veth_p50,
-            t.map(|t| format!("{t:.2}")).unwrap_or_else(|| "-".into()),
-            t.map(|t| format!("{:.2}", t / veth_t))
-                .unwrap_or_else(|| "-".into()),
-        );
-    }
     if let (Some(e), Some(s)) = (rtt.get("relay_elastic"), rtt.get("relay_socat")) {
         println!("relay_elastic p50 / relay_socat p50 = {:.2}", e.0 / s.0);
     }

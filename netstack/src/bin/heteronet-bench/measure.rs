@@ -225,3 +225,33 @@ pub fn sleeps(pid: u32) -> Result<u64> {
     }
     Ok(total)
 }
+
+/// Rows `path | p50 | p99 | p50/veth | Gbit/s | /veth` for the `names` that
+/// have a latency, in that order; a missing throughput shows as `-`.
+pub fn print_paths(
+    labels: [&str; 6],
+    names: &[&str],
+    lat: &std::collections::BTreeMap<&str, (f64, f64)>,
+    bw: &std::collections::BTreeMap<&str, f64>,
+) {
+    let veth_p50 = lat.get("veth").map(|x| x.0).unwrap_or(f64::NAN);
+    let veth_bw = bw.get("veth").copied().unwrap_or(f64::NAN);
+    let [a, b, c, d, e, f] = labels;
+    println!("{a:<18} {b:>10} {c:>10} {d:>9} {e:>10} {f:>9}");
+    let dash = |v: Option<f64>| v.map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into());
+    for name in names {
+        let Some((p50, p99)) = lat.get(name) else {
+            continue;
+        };
+        let t = bw.get(name).copied();
+        println!(
+            "{:<18} {:>10.2} {:>10.2} {:>9.2} {:>10} {:>9}",
+            name,
+            p50,
+            p99,
+            p50 / veth_p50,
+            dash(t),
+            dash(t.map(|t| t / veth_bw)),
+        );
+    }
+}

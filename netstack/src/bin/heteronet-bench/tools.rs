@@ -397,40 +397,23 @@ pub fn idle_fastpath(t: &Topology, secs: f64) -> Result<f64> {
 
 /// The tools' table, with ratios to veth.
 pub fn print(r: &ToolResults, rounds: usize) {
-    let veth_p50 = r.sockperf.get("veth").map(|x| x.0).unwrap_or(f64::NAN);
-    let veth_bw = r.iperf3.get("veth").copied().unwrap_or(f64::NAN);
     println!(
         "unmodified tools, median of {rounds} alternated rounds: sockperf ping-pong 64 B (one-way), iperf3 one stream"
     );
-    println!(
-        "{:<16} {:>10} {:>10} {:>9} {:>10} {:>9}",
-        "path", "p50 us", "p99 us", "p50/veth", "Gbit/s", "bw/veth"
+    crate::measure::print_paths(
+        ["path", "p50 us", "p99 us", "p50/veth", "Gbit/s", "bw/veth"],
+        &[
+            "loopback",
+            "veth",
+            "relay_socat",
+            "relay_splice",
+            "relay_elastic",
+            "relay_busypoll",
+            "fastpath",
+        ],
+        &r.sockperf,
+        &r.iperf3,
     );
-    for name in [
-        "loopback",
-        "veth",
-        "relay_socat",
-        "relay_splice",
-        "relay_elastic",
-        "relay_busypoll",
-        "fastpath",
-    ] {
-        let l = r.sockperf.get(name);
-        let b = r.iperf3.get(name);
-        if l.is_none() && b.is_none() {
-            continue;
-        }
-        let f = |v: Option<f64>| v.map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into());
-        println!(
-            "{:<16} {:>10} {:>10} {:>9} {:>10} {:>9}",
-            name,
-            f(l.map(|x| x.0)),
-            f(l.map(|x| x.1)),
-            f(l.map(|x| x.0 / veth_p50)),
-            f(b.copied()),
-            f(b.map(|x| x / veth_bw)),
-        );
-    }
     for (k, (h, d)) in &r.relay_cpu {
         println!(
             "relay CPU during sockperf, {k:<16} CPU side {h:>6.1} %, DPU side {d:>6.1} % of one core"
