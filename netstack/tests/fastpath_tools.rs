@@ -4,129 +4,15 @@
 //! in the relays' counters), byte-exact; what the library does not serve
 //! goes through the kernel and the relay.
 
+mod fastpath_common;
 mod relay_common;
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+use fastpath_common::*;
 use relay_common::*;
-
-/// target/<profile>/libheterosocket.so, built by `cargo test --workspace`.
-fn library() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let lib = dir.join("libheterosocket.so");
-    assert!(
-        lib.exists(),
-        "{} missing: build the workspace (cargo build -p heterosocket) first",
-        lib.display()
-    );
-    lib
-}
-
-fn command(ns: &str, preload: bool, cmd: &str) -> Command {
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", ns, "sh", "-c", cmd]);
-    if preload {
-        c.env("LD_PRELOAD", library());
-    }
-    c
-}
-
-/// Runs `cmd` in netns `ns`, preloaded or not, killed after `secs`.
-fn run(ns: &str, preload: bool, secs: u32, cmd: &str) -> Output {
-    let limited = format!(
-        "exec timeout -s KILL {secs} sh -c '{}'",
-        cmd.replace('\'', "'\\''")
-    );
-    command(ns, preload, &limited)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run command")
-}
-
-/// A server process in a netns, killed when dropped.
-struct Server(Child);
-
-impl Server {
-    fn start(ns: &str, cmd: &str) -> Server {
-        let child = command(ns, false, &format!("exec {cmd}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start server");
-        Server(child)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn stat(r: &Relay, key: &str) -> u64 {
-    r.stats_json()
-        .and_then(|v| v["relay"][key].as_u64())
-        .unwrap_or_else(|| panic!("relay counter {key} missing"))
-}
-
-fn ok(o: &Output, what: &str, pod: &Pod) -> String {
-    assert!(
-        o.status.success(),
-        "{what} failed: {:?}\nstdout: {}\nstderr: {}\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr),
-        pod.logs()
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// A file of `len` pattern bytes in a temporary directory.
-fn data_file(len: usize, seed: u64) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("data");
-    let mut data = vec![0u8; len];
-    pattern(seed, &mut data);
-    std::fs::write(&path, &data).unwrap();
-    (dir, path)
-}
-
-/// Waits until the CPU half mirrors the DPU half's listener on `port`.
-fn mirrored(pod: &Pod, port: u16) {
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    eventually(20, "mirror of the DPU listener", || {
-        in_ns(&pod.cpu_path(), move || {
-            std::net::TcpStream::connect(addr).ok()
-        })
-        .map(|_| ())
-    });
-}
-
-/// A split Pod with an echo server on 127.0.0.1:`port` in the DPU half,
-/// mirrored into the CPU half.
-fn pod_with_echo(port: u16) -> Pod {
-    let pod = Pod::new();
-    echo_server(&pod.dpu_path(), &format!("127.0.0.1:{port}"));
-    mirrored(&pod, port);
-    pod
-}
-
-/// The held client ended cleanly after its connection was reset.
-fn assert_reset(status: std::process::ExitStatus, lines: &[String]) {
-    assert!(status.success(), "client: {status:?} {lines:?}");
-    assert!(
-        matches!(
-            lines.first().map(String::as_str),
-            Some("ConnectionResetError" | "BrokenPipeError")
-        ),
-        "{lines:?}"
-    );
-}
 
 #[test]
 fn socat_echoes_8_mib_byte_exact_with_half_close_over_the_fast_path() {
@@ -510,4 +396,45 @@ assert libc.fclose(f) == 0
     assert_eq!(out.trim(), "hello stdio");
     assert_eq!(stat(&pod.cpu, "fast_connects"), 1);
     assert_eq!(stat(&pod.dpu, "fast_bytes_in"), 12);
+}
+
+#[test]
+fn a_program_closing_descriptors_it_did_not_open_keeps_its_connection() {
+    let pod = pod_with_echo(18209);
+    // Daemons close every descriptor but their own (a close loop, or
+    // close_range): the library's descriptors must survive both.
+    let out = python(
+        &pod,
+        60,
+        r#"
+import os, socket
+s = socket.create_connection(("127.0.0.1", 18209))
+def ping(msg):
+    s.sendall(msg)
+    got = b""
+    while len(got) < len(msg):
+        got += s.recv(100)
+    assert got == msg, (got, msg)
+ping(b"before")
+mine = s.fileno()
+for fd in range(3, 1024):
+    if fd != mine:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+ping(b"after a close loop")
+os.closerange(3, mine)
+os.closerange(mine + 1, 1 << 20)
+ping(b"after close_range")
+s.close()
+print("done")
+"#,
+    );
+    assert_eq!(out.trim(), "done");
+    assert_eq!(stat(&pod.cpu, "fast_connects"), 1, "{}", pod.logs());
+    eventually(10, "fast connection to end", || {
+        (stat(&pod.dpu, "fast_active") == 0).then_some(())
+    });
+    assert_eq!(stat(&pod.dpu, "fast_reset"), 0);
 }

@@ -55,7 +55,11 @@ impl RelayCounters {
         };
         RelayCounters {
             fast_active: relay("fast_active"),
-            fast_total: relay("fast_connects"),
+            // Brokered either way: the Pod's programs connected, or accepted.
+            fast_total: match (relay("fast_connects"), relay("fast_accepts")) {
+                (None, None) => None,
+                (c, a) => Some(c.unwrap_or(0) + a.unwrap_or(0)),
+            },
             connected: doc
                 .get("mux")
                 .and_then(|m| m.get("connected"))
@@ -143,7 +147,7 @@ mod tests {
     #[test]
     fn reads_mux_counters_and_leaves_missing_ones_empty() {
         let doc = serde_json::json!({
-            "relay": {"connects_ok": 1, "fast_connects": 7, "fast_active": 1},
+            "relay": {"connects_ok": 1, "fast_connects": 5, "fast_accepts": 2, "fast_active": 1},
             "mux": {"connected": true, "streams_open": 2, "streams_total": 9, "bytes_tx": 10,
                     "bytes_rx": 20, "spins": 3, "sleeps": 4}
         });

@@ -1,4 +1,6 @@
-//! Asking the CPU relay's broker for a fast connection.
+//! Asking the CPU relay's broker: for a fast connection (connect), to hear of
+//! connections for a listener (listen), and for the connection an accepted
+//! carrier stands for (accept).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -31,6 +33,7 @@ pub enum Answer {
         sock: OwnedFd,
         region: OwnedFd,
         local: Option<SocketAddr>,
+        peer: Option<SocketAddr>,
     },
 }
 
@@ -43,15 +46,12 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Asks for a connection to `dest`. Any trouble talking to the broker means
-/// `Pass`: the program then connects through the kernel (and the relay).
-pub fn ask(dest: SocketAddr) -> Answer {
+/// Sends `req` to the broker; `None` when there is none to talk to.
+fn send(req: Request) -> Option<UnixStream> {
     if now_ms() < NO_BROKER_UNTIL_MS.load(Ordering::Relaxed) {
-        return Answer::Pass;
+        return None;
     }
-    let Ok(addr) = std::os::unix::net::SocketAddr::from_abstract_name(BROKER_NAME) else {
-        return Answer::Pass;
-    };
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(BROKER_NAME).ok()?;
     let mut s = match UnixStream::connect_addr(&addr) {
         Ok(s) => s,
         Err(_) => {
@@ -59,12 +59,25 @@ pub fn ask(dest: SocketAddr) -> Answer {
                 now_ms() + NO_BROKER_FOR.as_millis() as u64,
                 Ordering::Relaxed,
             );
-            return Answer::Pass;
+            return None;
         }
     };
-    if s.write_all(&Request { dest }.encode()).is_err() {
+    s.write_all(&req.encode()).ok()?;
+    Some(s)
+}
+
+/// Registers a listener on `addr`: the registration lasts while the returned
+/// socket stays open. `None`: no broker (the listener gets the relay's connections).
+pub fn listen(addr: SocketAddr) -> Option<OwnedFd> {
+    send(Request::Listen { addr }).map(OwnedFd::from)
+}
+
+/// Asks what `req` (a connect or a claim) gets. Any trouble talking to the
+/// broker means `Pass`: the program then uses the kernel (and the relay).
+pub fn ask(req: Request) -> Answer {
+    let Some(s) = send(req) else {
         return Answer::Pass;
-    }
+    };
     let mut pfd = [libc::pollfd {
         fd: s.as_raw_fd(),
         events: libc::POLLIN,
@@ -91,6 +104,7 @@ pub fn ask(dest: SocketAddr) -> Answer {
                 sock,
                 region,
                 local: reply.local,
+                peer: reply.peer,
             },
             Err(_) => Answer::Pass,
         },
@@ -100,45 +114,54 @@ pub fn ask(dest: SocketAddr) -> Answer {
 /// Connects `fd` (an unconnected TCP socket of the program) to `dest` on the
 /// fast path. `None`: not a fast destination, connect through the kernel.
 pub fn connect_fast(fd: i32, dest: SocketAddr) -> Option<Result<(), Errno>> {
-    use crate::real;
-    let (sock, region, local) = match ask(dest) {
+    let (sock, region, local) = match ask(Request::Connect { dest }) {
         Answer::Pass => return None,
         Answer::Failed(e) => return Some(Err(e)),
         Answer::Connected {
             sock,
             region,
             local,
+            ..
         } => (sock, region, local),
     };
-    let status = real::fcntl_int(fd, libc::F_GETFL, 0).ok()?;
-    let fd_flags = real::fcntl_int(fd, libc::F_GETFD, 0).ok()?;
     let unspecified = match dest {
         SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
         SocketAddr::V6(_) => SocketAddr::from(([0u16; 8], 0)),
     };
-    let raw = sock.as_raw_fd();
-    let conn = match crate::conn::Conn::open(sock, region, local.unwrap_or(unspecified), dest) {
-        Ok(c) => c,
+    let nonblocking = match install(fd, sock, region, local.unwrap_or(unspecified), dest) {
+        Ok(nb) => nb,
         Err(e) => return Some(Err(e)),
     };
-    // The program's descriptor becomes the Unix socket, keeping its number,
-    // its close-on-exec flag and its blocking mode.
-    if let Err(e) = real::fcntl_int(raw, libc::F_SETFL, status & libc::O_NONBLOCK) {
-        return Some(Err(e));
-    }
-    let cloexec = if fd_flags & libc::FD_CLOEXEC != 0 {
-        libc::O_CLOEXEC
-    } else {
-        0
-    };
-    if let Err(e) = real::dup_onto(raw, fd, cloexec) {
-        return Some(Err(e));
-    }
-    crate::table::insert(fd, std::sync::Arc::new(conn));
-    if status & libc::O_NONBLOCK != 0 {
+    if nonblocking {
         // As the kernel does for TCP: done in the background, SO_ERROR says 0.
         Some(Err(libc::EINPROGRESS))
     } else {
         Some(Ok(()))
     }
+}
+
+/// Makes the program's descriptor `fd` the fast connection's Unix socket,
+/// keeping its number, its close-on-exec flag and its blocking mode (the
+/// latter is returned).
+pub fn install(
+    fd: i32,
+    sock: OwnedFd,
+    region: OwnedFd,
+    local: SocketAddr,
+    peer: SocketAddr,
+) -> Result<bool, Errno> {
+    use crate::real;
+    let status = real::fcntl_int(fd, libc::F_GETFL, 0)?;
+    let fd_flags = real::fcntl_int(fd, libc::F_GETFD, 0)?;
+    let conn = crate::conn::Conn::open(sock, region, local, peer)?;
+    let raw = conn.fd();
+    real::fcntl_int(raw, libc::F_SETFL, status & libc::O_NONBLOCK)?;
+    let cloexec = if fd_flags & libc::FD_CLOEXEC != 0 {
+        libc::O_CLOEXEC
+    } else {
+        0
+    };
+    real::dup_onto(raw, fd, cloexec)?;
+    crate::table::insert(fd, std::sync::Arc::new(conn));
+    Ok(status & libc::O_NONBLOCK != 0)
 }

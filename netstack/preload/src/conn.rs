@@ -100,11 +100,29 @@ impl Conn {
         local: SocketAddr,
         peer: SocketAddr,
     ) -> Result<Conn, Errno> {
-        let region =
-            Arc::new(Region::from_fd(RegionAddr::Memfd, region).map_err(|_| libc::ECONNREFUSED)?);
+        let sock = crate::internal::hide(sock);
+        let region = crate::internal::hide(region);
+        let region_fd = region.as_raw_fd();
+        let region = match Region::from_fd(RegionAddr::Memfd, region) {
+            Ok(r) => Arc::new(r),
+            Err(_) => {
+                crate::internal::release(region_fd);
+                crate::internal::release(sock.as_raw_fd());
+                return Err(libc::ECONNREFUSED);
+            }
+        };
         let ring = |i| region.ring(i).map_err(|_| libc::ECONNREFUSED);
-        let tx = ring(0)?.acquire_producer().ok_or(libc::ECONNREFUSED)?;
-        let rx = ring(1)?.acquire_consumer().ok_or(libc::ECONNREFUSED)?;
+        let rings = ring(0)
+            .and_then(|r| r.acquire_producer().ok_or(libc::ECONNREFUSED))
+            .and_then(|tx| Ok((tx, ring(1)?.acquire_consumer().ok_or(libc::ECONNREFUSED)?)));
+        let (tx, rx) = match rings {
+            Ok(v) => v,
+            Err(e) => {
+                crate::internal::release(region_fd);
+                crate::internal::release(sock.as_raw_fd());
+                return Err(e);
+            }
+        };
         Ok(Conn {
             sock,
             _region: region,
@@ -128,7 +146,8 @@ impl Conn {
         })
     }
 
-    fn fd(&self) -> i32 {
+    /// The library's own descriptor of the connection's Unix socket.
+    pub fn fd(&self) -> i32 {
         self.sock.as_raw_fd()
     }
 
@@ -498,6 +517,16 @@ impl Conn {
     /// Capacity of one direction (reported as the socket's buffer sizes).
     pub fn buffer_bytes(&self) -> usize {
         lock(&self.tx).ring.capacity() as usize
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // Ours to close now (the fields' own drop closes them).
+        crate::internal::release(self.sock.as_raw_fd());
+        if let Some(fd) = self._region.fd() {
+            crate::internal::release(fd.as_raw_fd());
+        }
     }
 }
 

@@ -454,15 +454,114 @@ pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_
     unsafe { real::connect(fd, addr, len) }
 }
 
+/// `listen`: a TCP listener registers with the broker, so connections of
+/// the Pod's other half can come to it on the fast path.
+///
+/// # Safety
+/// No pointers.
+#[no_mangle]
+pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
+    // SAFETY: no pointers.
+    let r = unsafe { real::listen(fd, backlog) };
+    if r == 0 && !crate::disabled() {
+        let errno = real::errno();
+        crate::listeners::listened(fd);
+        set_errno(errno);
+    }
+    r
+}
+
+/// `accept`, served here for connections of the other half.
+///
+/// # Safety
+/// The C contract of libc's `accept`: pointers valid for the lengths given.
+#[no_mangle]
+pub unsafe extern "C" fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    // SAFETY: the caller's arguments, passed on unchanged.
+    let nfd = unsafe { real::accept(fd, addr, len) };
+    // SAFETY: as for accept.
+    unsafe { accepted(fd, nfd, addr, len) }
+}
+
+/// `accept4`, served here for connections of the other half.
+///
+/// # Safety
+/// The C contract of libc's `accept4`: pointers valid for the lengths given.
+#[no_mangle]
+pub unsafe extern "C" fn accept4(
+    fd: c_int,
+    addr: *mut sockaddr,
+    len: *mut socklen_t,
+    flags: c_int,
+) -> c_int {
+    // SAFETY: the caller's arguments, passed on unchanged.
+    let nfd = unsafe { real::accept4(fd, addr, len, flags) };
+    // SAFETY: as for accept4.
+    unsafe { accepted(fd, nfd, addr, len) }
+}
+
+/// After a successful accept: a fast connection reports its real peer.
+///
+/// # Safety
+/// `addr` valid for `*len` bytes, `len` valid (both may be null).
+unsafe fn accepted(fd: c_int, nfd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    if nfd < 0 || crate::disabled() {
+        return nfd;
+    }
+    let errno = real::errno();
+    if let Some(peer) = crate::listeners::accepted(fd, nfd) {
+        // SAFETY: by this function's contract.
+        let _ = unsafe { put_sockaddr(peer, addr, len) };
+    }
+    set_errno(errno);
+    nfd
+}
+
 /// `close`, served here for fast connections.
 ///
 /// # Safety
 /// The C contract of libc's `close`: pointers valid for the lengths given.
 #[no_mangle]
 pub unsafe extern "C" fn close(fd: c_int) -> c_int {
+    if crate::internal::is_internal(fd) {
+        // The library's own (see `internal`): never the program's to close.
+        return 0;
+    }
     table::remove(fd);
+    crate::listeners::forget(fd);
     // SAFETY: closing a descriptor number has no memory preconditions.
     unsafe { real::close(fd) }
+}
+
+/// `close_range`: closes the range except the library's own descriptors.
+///
+/// # Safety
+/// No pointers.
+#[no_mangle]
+pub unsafe extern "C" fn close_range(
+    first: libc::c_uint,
+    last: libc::c_uint,
+    flags: c_int,
+) -> c_int {
+    table::remove_within(first, last);
+    crate::listeners::forget_within(first, last);
+    let mut from = first;
+    for fd in crate::internal::within(first, last) {
+        let fd = fd as libc::c_uint;
+        if fd > from {
+            // SAFETY: no pointers.
+            let r = unsafe { real::close_range(from, fd - 1, flags) };
+            if r < 0 {
+                return r;
+            }
+        }
+        from = fd + 1;
+    }
+    if from > last || from < first {
+        return 0;
+    }
+    // SAFETY: no pointers.
+    unsafe { real::close_range(from, last, flags) }
 }
 
 /// `shutdown`, served here for fast connections.
@@ -594,6 +693,7 @@ pub unsafe extern "C" fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut s
 fn copied(from: c_int, to: c_int) -> c_int {
     if to >= 0 {
         table::remove(to);
+        crate::listeners::forget(to);
         if let Some(c) = table::get(from) {
             table::insert(to, c);
         }

@@ -21,6 +21,8 @@ pub mod broker;
 pub mod conn;
 #[allow(unsafe_code)]
 pub mod exports;
+pub mod internal;
+pub mod listeners;
 pub mod options;
 #[allow(unsafe_code)]
 pub mod real;

@@ -59,8 +59,12 @@ real!(sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t);
 real!(readv(fd: c_int, iov: *const iovec, n: c_int) -> ssize_t);
 real!(writev(fd: c_int, iov: *const iovec, n: c_int) -> ssize_t);
 real!(close(fd: c_int) -> c_int);
+real!(close_range(first: libc::c_uint, last: libc::c_uint, flags: c_int) -> c_int);
 real!(shutdown(fd: c_int, how: c_int) -> c_int);
 real!(connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int);
+real!(listen(fd: c_int, backlog: c_int) -> c_int);
+real!(accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int);
+real!(accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int);
 real!(getsockopt(fd: c_int, level: c_int, name: c_int, val: *mut c_void, len: *mut socklen_t) -> c_int);
 real!(setsockopt(fd: c_int, level: c_int, name: c_int, val: *const c_void, len: socklen_t) -> c_int);
 real!(getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int);
@@ -213,4 +217,37 @@ pub fn getsockopt_int(fd: c_int, level: c_int, name: c_int) -> Result<c_int, c_i
     } else {
         Ok(v)
     }
+}
+
+/// The local (`peer == false`) or peer address of a socket, if it is IP.
+pub fn sock_addr(fd: c_int, peer: bool) -> Option<std::net::SocketAddr> {
+    // SAFETY: sockaddr_storage is plain old data; all zeroes is a valid value.
+    let mut st: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as socklen_t;
+    let p = (&mut st as *mut libc::sockaddr_storage).cast::<sockaddr>();
+    // SAFETY: `st` and `len` are valid for the writes the call makes (at most `len` bytes).
+    let r = unsafe {
+        if peer {
+            getpeername(fd, p, &mut len)
+        } else {
+            getsockname(fd, p, &mut len)
+        }
+    };
+    if r < 0 {
+        return None;
+    }
+    let n = (len as usize).min(std::mem::size_of::<libc::sockaddr_storage>());
+    // SAFETY: `st` is valid for its size and `n` does not exceed it.
+    let bytes = unsafe {
+        std::slice::from_raw_parts((&st as *const libc::sockaddr_storage).cast::<u8>(), n)
+    };
+    crate::options::parse_sockaddr(bytes)
+}
+
+/// A close-on-exec duplicate of `fd` numbered `min` or above.
+pub fn dup_at_least(fd: &std::os::fd::OwnedFd, min: c_int) -> Result<std::os::fd::OwnedFd, c_int> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let n = fcntl_int(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min)?;
+    // SAFETY: `n` was just returned by F_DUPFD_CLOEXEC and is owned by nobody else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(n) })
 }

@@ -51,3 +51,20 @@ pub fn remove(fd: i32) -> Option<Arc<Conn>> {
 pub fn len() -> usize {
     ENTRIES.load(Ordering::Acquire)
 }
+
+/// Forgets the descriptors in `first..=last` (`close_range`).
+pub fn remove_within(first: u32, last: u32) {
+    if ENTRIES.load(Ordering::Acquire) == 0 {
+        return;
+    }
+    let fds: Vec<i32> = table()
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .keys()
+        .copied()
+        .filter(|&fd| (first..=last).contains(&(fd as u32)))
+        .collect();
+    for fd in fds {
+        remove(fd);
+    }
+}

@@ -14,6 +14,21 @@
 //!   the program the answer, its end of that Unix connection and the region,
 //!   and forgets them: the data never passes the CPU relay.
 //!
+//! The accept side is the same connection set up the other way round:
+//! * A preloaded program that listens registers its listener with the broker
+//!   (`Listen`, held for as long as the program keeps the request's socket).
+//! * When the DPU half connects to a mirror of that listener, the DPU relay
+//!   sends `Incoming` to the CPU relay's accept socket
+//!   ([`accept_socket_path`]). The CPU relay makes the region and a loopback
+//!   TCP "carrier" connection to the listener: it is what makes the program's
+//!   listening socket readable and its `accept` return, as for any connection.
+//! * The library sees a connection from its own address and sends `Claim`
+//!   with the carrier's address; the broker answers the DPU relay (with the
+//!   region) and hands the program the other end of the DPU relay's Unix
+//!   connection in place of the carrier. Unclaimed within a few seconds (the
+//!   listener's process was not preloaded after all), the DPU relay carries
+//!   the connection through the relay as before.
+//!
 //! On the connection: ring 0 carries program → DPU relay, ring 1 the reverse.
 //! A record is data; an empty record is the end of the stream (FIN). The Unix
 //! connection is the program's descriptor: the DPU relay writes one
@@ -48,7 +63,17 @@ pub const MAX_CONNECTIONS: usize = 1024;
 
 /// The DPU relay's fast socket, next to the link's rendezvous socket.
 pub fn fast_socket_path(rendezvous: &Path) -> PathBuf {
+    beside(rendezvous, ".fast")
+}
+
+/// The CPU relay's socket for connections the DPU half makes to a listener
+/// that accepts fast connections (bound only while there is one).
+pub fn accept_socket_path(rendezvous: &Path) -> PathBuf {
+    beside(rendezvous, ".accept")
+}
+
+fn beside(rendezvous: &Path, suffix: &str) -> PathBuf {
     let mut p = rendezvous.as_os_str().to_owned();
-    p.push(".fast");
+    p.push(suffix);
     p.into()
 }

@@ -1,25 +1,39 @@
 //! The fast-path handshake messages: fixed-size, versioned, parsed without trust.
 //!
-//! A preloaded program asks the CPU relay's broker for a connection with a
-//! [`Request`]; the broker forwards the same request (with the region and the
-//! space doorbell) to the DPU relay, which answers with a [`Reply`]; the broker
-//! hands that reply (with the connection's descriptors) back to the program.
+//! A preloaded program talks to the CPU relay's broker with a [`Request`]:
+//! `Connect` (a connection to a listener of the other half), `Listen` (its
+//! listener accepts fast connections while this request's socket stays open)
+//! or `Claim` (is the connection it just accepted one the relay offered?).
+//! The relays talk with the same messages: the broker forwards `Connect` to
+//! the DPU relay, and the DPU relay sends `Incoming` for a connection its half
+//! made to a fast listener. Every answer is a [`Reply`]; descriptors travel
+//! beside it.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use crate::error::{Error, Result};
 
-const REQUEST_MAGIC: &[u8; 4] = b"HFC1";
-const REPLY_MAGIC: &[u8; 4] = b"HFR1";
+const REQUEST_MAGIC: &[u8; 4] = b"HFQ2";
+const REPLY_MAGIC: &[u8; 4] = b"HFR2";
 /// Bytes of an encoded socket address: family, port, 16 address bytes.
 const ADDR_LEN: usize = 1 + 2 + 16;
-pub const REQUEST_LEN: usize = 4 + ADDR_LEN;
-pub const REPLY_LEN: usize = 4 + 1 + 4 + ADDR_LEN;
+pub const REQUEST_LEN: usize = 4 + 1 + 2 * ADDR_LEN;
+pub const REPLY_LEN: usize = 4 + 1 + 4 + 2 * ADDR_LEN;
 
-/// A program asks for a TCP connection to `dest`.
+/// What a program (or the DPU relay) asks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Request {
-    pub dest: SocketAddr,
+pub enum Request {
+    /// A TCP connection to `dest`.
+    Connect { dest: SocketAddr },
+    /// The sender listens on `addr` and claims what the relay offers it,
+    /// for as long as the socket carrying this request stays open.
+    Listen { addr: SocketAddr },
+    /// The sender accepted a connection from `carrier`: if it is one the
+    /// relay made to hand over a fast connection, the answer carries it.
+    Claim { carrier: SocketAddr },
+    /// The DPU half accepted `peer`'s connection to `dest`, a mirror of a
+    /// listener of the CPU half.
+    Incoming { dest: SocketAddr, peer: SocketAddr },
 }
 
 /// What became of a request.
@@ -33,11 +47,13 @@ pub enum Outcome {
     Failed(i32),
 }
 
-/// The answer to a [`Request`]; `local` is the connection's local address.
+/// The answer to a [`Request`]: the connection's local and peer addresses as
+/// the program should see them (for `Connect`, `peer` is unset).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reply {
     pub outcome: Outcome,
     pub local: Option<SocketAddr>,
+    pub peer: Option<SocketAddr>,
 }
 
 fn put_addr(b: &mut [u8], a: Option<SocketAddr>) {
@@ -75,7 +91,15 @@ impl Request {
     pub fn encode(&self) -> [u8; REQUEST_LEN] {
         let mut b = [0u8; REQUEST_LEN];
         b[..4].copy_from_slice(REQUEST_MAGIC);
-        put_addr(&mut b[4..], Some(self.dest));
+        let (kind, a, c) = match *self {
+            Request::Connect { dest } => (1u8, dest, None),
+            Request::Listen { addr } => (2, addr, None),
+            Request::Claim { carrier } => (3, carrier, None),
+            Request::Incoming { dest, peer } => (4, dest, Some(peer)),
+        };
+        b[4] = kind;
+        put_addr(&mut b[5..5 + ADDR_LEN], Some(a));
+        put_addr(&mut b[5 + ADDR_LEN..], c);
         b
     }
 
@@ -83,9 +107,16 @@ impl Request {
         if b.len() != REQUEST_LEN || &b[..4] != REQUEST_MAGIC {
             return Err(Error::Protocol("fast-path request header"));
         }
-        let dest =
-            get_addr(&b[4..])?.ok_or(Error::Protocol("fast-path request without address"))?;
-        Ok(Request { dest })
+        let missing = Error::Protocol("fast-path request without address");
+        let a = get_addr(&b[5..5 + ADDR_LEN])?.ok_or(missing)?;
+        let c = get_addr(&b[5 + ADDR_LEN..])?;
+        Ok(match (b[4], c) {
+            (1, None) => Request::Connect { dest: a },
+            (2, None) => Request::Listen { addr: a },
+            (3, None) => Request::Claim { carrier: a },
+            (4, Some(peer)) => Request::Incoming { dest: a, peer },
+            _ => return Err(Error::Protocol("fast-path request kind")),
+        })
     }
 }
 
@@ -94,6 +125,7 @@ impl Reply {
         Reply {
             outcome: Outcome::Pass,
             local: None,
+            peer: None,
         }
     }
 
@@ -101,6 +133,7 @@ impl Reply {
         Reply {
             outcome: Outcome::Failed(errno),
             local: None,
+            peer: None,
         }
     }
 
@@ -114,7 +147,8 @@ impl Reply {
         };
         b[4] = code;
         b[5..9].copy_from_slice(&errno.to_le_bytes());
-        put_addr(&mut b[9..], self.local);
+        put_addr(&mut b[9..9 + ADDR_LEN], self.local);
+        put_addr(&mut b[9 + ADDR_LEN..], self.peer);
         b
     }
 
@@ -133,7 +167,8 @@ impl Reply {
         };
         Ok(Reply {
             outcome,
-            local: get_addr(&b[9..])?,
+            local: get_addr(&b[9..9 + ADDR_LEN])?,
+            peer: get_addr(&b[9 + ADDR_LEN..])?,
         })
     }
 }
@@ -145,15 +180,22 @@ mod tests {
     #[test]
     fn request_and_reply_round_trip() {
         for dest in ["127.0.0.1:8080", "[::1]:443", "10.1.2.3:1"] {
-            let sut = Request {
-                dest: dest.parse().unwrap(),
-            };
-            assert_eq!(Request::decode(&sut.encode()).unwrap(), sut);
+            let dest = dest.parse().unwrap();
+            let peer = "10.9.8.7:40000".parse().unwrap();
+            for sut in [
+                Request::Connect { dest },
+                Request::Listen { addr: dest },
+                Request::Claim { carrier: dest },
+                Request::Incoming { dest, peer },
+            ] {
+                assert_eq!(Request::decode(&sut.encode()).unwrap(), sut);
+            }
         }
         for sut in [
             Reply {
                 outcome: Outcome::Connected,
                 local: Some("127.0.0.1:40000".parse().unwrap()),
+                peer: Some("[::1]:5".parse().unwrap()),
             },
             Reply::pass(),
             Reply::failed(libc::ECONNREFUSED),
@@ -164,13 +206,19 @@ mod tests {
 
     #[test]
     fn malformed_messages_are_refused() {
-        let mut b = Request {
+        let good = Request::Connect {
             dest: "127.0.0.1:1".parse().unwrap(),
         }
         .encode();
-        b[4] = 9;
-        assert!(Request::decode(&b).is_err());
-        assert!(Request::decode(&b[..5]).is_err());
+        let mut b = good;
+        b[5] = 9;
+        assert!(Request::decode(&b).is_err(), "address family");
+        let mut b = good;
+        b[4] = 4;
+        assert!(Request::decode(&b).is_err(), "Incoming without its peer");
+        b[4] = 0;
+        assert!(Request::decode(&b).is_err(), "kind");
+        assert!(Request::decode(&good[..5]).is_err(), "length");
         let mut r = Reply::failed(111).encode();
         r[5..9].copy_from_slice(&(-1i32).to_le_bytes());
         assert!(Reply::decode(&r).is_err());

@@ -28,6 +28,8 @@ pub struct Counters {
     pub peer_gone: AtomicU64,
     /// Fast-path connections: brokered (CPU side) or served (DPU side).
     pub fast_connects: AtomicU64,
+    /// Connections of the DPU half handed to a CPU program's fast listener.
+    pub fast_accepts: AtomicU64,
     /// Fast-path requests answered "use the kernel" (not the other half's listener).
     pub fast_passed: AtomicU64,
     pub fast_failed: AtomicU64,
@@ -67,6 +69,7 @@ impl Counters {
             "control_errors": g(&self.control_errors),
             "peer_gone": g(&self.peer_gone),
             "fast_connects": g(&self.fast_connects),
+            "fast_accepts": g(&self.fast_accepts),
             "fast_passed": g(&self.fast_passed),
             "fast_failed": g(&self.fast_failed),
             "fast_active": g(&self.fast_active),

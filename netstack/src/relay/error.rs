@@ -37,6 +37,8 @@ pub enum Error {
     Caps(#[from] caps::errors::CapsError),
     #[error("UDP frame of {0} bytes exceeds the limit")]
     UdpFrame(usize),
+    #[error("unexpected fast-path message: {0}")]
+    FastPath(&'static str),
     #[error(transparent)]
     Net(#[from] crate::Error),
 }

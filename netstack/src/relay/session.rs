@@ -46,6 +46,8 @@ pub(super) struct Ctx {
     pub(super) mirrors: MirrorView,
     pub(super) pod_ip: Option<IpAddr>,
     pub(super) mark: bool,
+    /// The fast path's state (links with a rendezvous socket only).
+    pub(super) fast: Option<Arc<super::fast::Fast>>,
 }
 
 /// Runs the relay until `shutdown` completes.
@@ -63,10 +65,10 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
         builder = builder.irq_fds(dup(&fds.0)?, dup(&fds.1)?);
     }
     // Fast connections meet beside the rendezvous socket (none for slot links).
-    let fast_socket = builder
+    let fast = builder
         .socket_path()
         .ok()
-        .map(|p| crate::fastpath::fast_socket_path(&p));
+        .map(|p| super::fast::Fast::new(cfg.side, &p));
     // The creator accepts the peer again after it restarts; the opener reconnects by itself.
     let source: LinkSource = if cfg.create {
         builder.bind().await?.into()
@@ -84,11 +86,25 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
         mirrors: view.clone(),
         pod_ip: cfg.pod_ip,
         mark: p.mark,
+        fast: fast.clone(),
     };
     let accept_ctx = ctx.clone();
+    let dpu_side = cfg.side == Side::Dpu;
     let on_accept: super::mirror::OnAccept = Arc::new(move |tcp, dest| {
         let ctx = accept_ctx.clone();
-        tokio::spawn(async move { forward(ctx, tcp, dest).await });
+        tokio::spawn(async move {
+            // A CPU program listening with the library takes it over the ring.
+            let tcp = match &ctx.fast {
+                Some(f) if dpu_side => {
+                    match super::fast::offer_incoming(&ctx, f, tcp, dest).await {
+                        Some(tcp) => tcp,
+                        None => return,
+                    }
+                }
+                _ => tcp,
+            };
+            forward(ctx, tcp, dest).await
+        });
     });
     let mut mirrors = Mirrors::new(own.clone(), on_accept, counters.clone(), view);
 
@@ -107,10 +123,7 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
         tokio::spawn(udp::serve_local(sock, open, counters.clone()));
     }
 
-    let _fast = match fast_socket {
-        Some(path) => super::fast::start(cfg.side, &ctx, path),
-        None => None,
-    };
+    let _fast = fast.as_ref().and_then(|f| super::fast::start(f, &ctx));
 
     let snap_c = counters.clone();
     let snap_m = mux.clone();
