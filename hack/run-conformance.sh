@@ -64,7 +64,8 @@ run_pass() {
     local logfile="$LOG_DIR/$name.log" start rc secs passed failed
     log "conformance: $name (handler $handler; log: $logfile)"
     start=$(date +%s)
-    env "${PASS_ENV[@]}" \
+    # The host's cores (tests/dpu_cores.rs); a pass in PASS_ENV may clear it.
+    env HETEROPOD_HOST_CPUS="$(dpu_host_cpus)" "${PASS_ENV[@]}" \
         HETEROPOD_DPU="$dpu" HETEROPOD_FAULTS="$faults" DPU_CGROUP_PARENT="$DPU_CGROUP_PARENT" \
         HETEROPOD_FORCE_OFFLOAD="${HETEROPOD_FORCE_OFFLOAD:-}" \
         HETEROPOD_HANDLER="$handler" CONTAINERD_ADDRESS="$CONTAINERD_ADDRESS" \
@@ -132,7 +133,7 @@ run_qemu_pass() {
         return 0
     fi
     write_qemu_node_config
-    PASS_ENV=(HETEROPOD_DPU_REMOTE=1 "HETEROPOD_DPU_ENDPOINT=$QEMU_DPU_ENDPOINT"
+    PASS_ENV=(HETEROPOD_DPU_REMOTE=1 HETEROPOD_HOST_CPUS= "HETEROPOD_DPU_ENDPOINT=$QEMU_DPU_ENDPOINT"
         "HETEROPOD_IVSHMEM_SLOTS_DIR=$QEMU_STATE/ivshmem-slots"
         "HETEROPOD_CLI=$CARGO_RELEASE_DIR/heteropod")
     run_pass "heteropod-qemu" heteropod 1 "" "${QEMU_PASS_TESTS[@]}" \

@@ -20,6 +20,17 @@ pub struct Config {
     pub dpu: DpuConfig,
     pub placement: PlacementPolicy,
     pub fastpath: FastpathConfig,
+    pub host: HostConfig,
+}
+
+/// The host's own cores, for nodes that set cores aside for their DPU (an
+/// emulated DPU is a cpuset of the host), see `host_cpus`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostConfig {
+    /// Cpuset list (`"0"`, `"0-5,8"`) for CPU-placed containers that name no
+    /// CPUs themselves, the shim and its CPU-side relays; empty: not restricted.
+    pub cpus: String,
 }
 
 /// Where the hetero-socket library (`libheterosocket.so`) is installed when
@@ -258,6 +269,9 @@ impl Config {
                 "fastpath.default = true contradicts fastpath.allow = false".into(),
             ));
         }
+        if !self.host.cpus.trim().is_empty() {
+            crate::host_cpus::parse(&self.host.cpus).map_err(|e| bad(format!("host.cpus: {e}")))?;
+        }
         if !self.runc.root.starts_with('/') {
             return Err(bad(format!(
                 "runc.root {:?} must be absolute",
@@ -390,6 +404,17 @@ mod tests {
             "enabled = true",
         ] {
             let err = Config::parse(&format!("[fastpath]\n{bad}\n"), "cfg");
+            assert!(err.is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn host_cpus_are_read_and_checked() {
+        assert_eq!(Config::default().host.cpus, "");
+        let sut = Config::parse("[host]\ncpus = \"0-2,5\"\n", "cfg").unwrap();
+        assert_eq!(sut.host.cpus, "0-2,5");
+        for bad in ["cpus = \"one\"", "cpus = \"3-1\"", "cpu = \"0\""] {
+            let err = Config::parse(&format!("[host]\n{bad}\n"), "cfg");
             assert!(err.is_err(), "{bad} accepted");
         }
     }

@@ -14,6 +14,7 @@ pub mod error;
 pub mod events;
 pub mod exits;
 pub mod fastpath;
+pub mod host_cpus;
 pub mod io;
 pub mod logging;
 pub mod options;

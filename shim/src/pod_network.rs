@@ -59,6 +59,8 @@ pub struct PodNetworkSpec {
     pub stats_socket: String,
     /// The Pod's DNS servers (`ip:53`): their UDP is relayed from the DPU half.
     pub udp_forward: Vec<String>,
+    /// The host's cores the CPU relay runs on (`[host] cpus`), if the node sets them.
+    pub relay_cpus: Option<String>,
 }
 
 impl PodNetworkSpec {
@@ -75,6 +77,7 @@ impl PodNetworkSpec {
             rendezvous: format!("/dev/shm/heteropod-{short}.sock"),
             stats_socket: format!("/dev/shm/heteropod-{short}.stats.sock"),
             udp_forward: Vec::new(),
+            relay_cpus: None,
         }
     }
 
@@ -141,6 +144,7 @@ pub async fn dpu_half(
         let text = std::fs::read_to_string(path).unwrap_or_default();
         net_spec.udp_forward = dns_servers(&text);
     }
+    net_spec.relay_cpus = Some(config.host.cpus.trim().to_string()).filter(|c| !c.is_empty());
     let lease = match config.dpu.link {
         LinkKind::Shm => None,
         LinkKind::Ivshmem => Some(SlotLease::acquire(
@@ -303,6 +307,7 @@ impl PodNetwork {
             let cmd = RelayCommand {
                 bin: relay_bin.to_string(),
                 args: cpu_relay_args(spec),
+                cpus: spec.relay_cpus.clone(),
             };
             let marker = marker.clone();
             // A restarted relay has a new pid; `shim delete` must find it.

@@ -36,6 +36,8 @@ const STOP_GRACE: Duration = Duration::from_secs(3);
 pub struct RelayCommand {
     pub bin: String,
     pub args: Vec<String>,
+    /// The host's cores (`[host] cpus`) the relay is pinned to, if the node sets them.
+    pub cpus: Option<String>,
 }
 
 pub struct RelaySupervisor {
@@ -62,11 +64,16 @@ impl Running {
             .kill_on_drop(true)
             .spawn();
         match spawned {
-            Ok(child) => Ok(Running {
-                pid: child.id().unwrap_or_default(),
-                child,
-                sub,
-            }),
+            Ok(child) => {
+                let pid = child.id().unwrap_or_default();
+                if let Some(cpus) = &cmd.cpus {
+                    // It inherits the shim's pinning; this holds even if the shim's failed.
+                    if let Err(e) = crate::host_cpus::pin_process(pid, cpus) {
+                        tracing::warn!(pid, "the relay is not on [host] cpus {cpus:?}: {e}");
+                    }
+                }
+                Ok(Running { pid, child, sub })
+            }
             Err(e) => {
                 let _ = monitor_unsubscribe(sub.id).await;
                 Err(Error::FailedPrecondition(format!(

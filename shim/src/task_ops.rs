@@ -34,6 +34,28 @@ use crate::{
     task::{lock, Shared, TaskService},
 };
 
+/// Keeps the shim, and a container placed on the CPU, on the host's cores
+/// (`[host] cpus`) when the node sets cores aside for its DPU. The shim's own
+/// threads are pinned at every Create: the node config only arrives with it.
+fn host_cpus(
+    id: &str,
+    bundle: &std::path::Path,
+    placement: placement::Placement,
+    config: &Config,
+) -> Result<()> {
+    let cpus = config.host.cpus.trim();
+    if cpus.is_empty() {
+        return Ok(());
+    }
+    if let Err(e) = crate::host_cpus::pin_process(0, cpus) {
+        tracing::warn!("the shim stays where it is, not on [host] cpus {cpus:?}: {e}");
+    }
+    if placement == placement::Placement::Cpu {
+        crate::host_cpus::apply_to_bundle(id, bundle, cpus)?;
+    }
+    Ok(())
+}
+
 impl TaskService {
     pub fn new(namespace: &str, events: Events, exit_signal: Arc<ExitSignal>) -> TaskService {
         TaskService {
@@ -109,6 +131,7 @@ impl TaskService {
             .map(String::as_str)
             == Some("sandbox");
         tracing::info!(id = %req.id, ?intent, %placement, "placing container");
+        host_cpus(&req.id, &bundle, placement, &config)?;
         let backend = backend::for_placement(
             placement,
             &req.id,

@@ -35,6 +35,9 @@ impl runc::Spawner for ReaperAwareSpawner {
             .await
             .map_err(|e| runc::error::Error::Other(Box::new(e)))?;
         let sub_id = sub.id;
+        if crate::host_cpus::shim_pinned() {
+            crate::sys::affinity::unpinned_child(&mut cmd);
+        }
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
