@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use heteronet::fastpath::fds::recv_with_fds;
-use heteronet::fastpath::wire::{Outcome, Reply, Request, REPLY_LEN};
+use heteronet::fastpath::wire::{Outcome, Reply, Request, Role, REPLY_LEN};
 use heteronet::fastpath::BROKER_NAME;
 
 use crate::Errno;
@@ -34,6 +34,7 @@ pub enum Answer {
         region: OwnedFd,
         local: Option<SocketAddr>,
         peer: Option<SocketAddr>,
+        role: Role,
     },
 }
 
@@ -105,6 +106,7 @@ pub fn ask(req: Request) -> Answer {
                 region,
                 local: reply.local,
                 peer: reply.peer,
+                role: reply.role,
             },
             Err(_) => Answer::Pass,
         },
@@ -114,21 +116,22 @@ pub fn ask(req: Request) -> Answer {
 /// Connects `fd` (an unconnected TCP socket of the program) to `dest` on the
 /// fast path. `None`: not a fast destination, connect through the kernel.
 pub fn connect_fast(fd: i32, dest: SocketAddr) -> Option<Result<(), Errno>> {
-    let (sock, region, local) = match ask(Request::Connect { dest }) {
+    let (sock, region, local, role) = match ask(Request::Connect { dest }) {
         Answer::Pass => return None,
         Answer::Failed(e) => return Some(Err(e)),
         Answer::Connected {
             sock,
             region,
             local,
+            role,
             ..
-        } => (sock, region, local),
+        } => (sock, region, local, role),
     };
     let unspecified = match dest {
         SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
         SocketAddr::V6(_) => SocketAddr::from(([0u16; 8], 0)),
     };
-    let nonblocking = match install(fd, sock, region, local.unwrap_or(unspecified), dest) {
+    let nonblocking = match install(fd, sock, region, local.unwrap_or(unspecified), dest, role) {
         Ok(nb) => nb,
         Err(e) => return Some(Err(e)),
     };
@@ -149,11 +152,12 @@ pub fn install(
     region: OwnedFd,
     local: SocketAddr,
     peer: SocketAddr,
+    role: Role,
 ) -> Result<bool, Errno> {
     use crate::real;
     let status = real::fcntl_int(fd, libc::F_GETFL, 0)?;
     let fd_flags = real::fcntl_int(fd, libc::F_GETFD, 0)?;
-    let conn = crate::conn::Conn::open(sock, region, local, peer)?;
+    let conn = crate::conn::Conn::open(sock, region, local, peer, role)?;
     let raw = conn.fd();
     real::fcntl_int(raw, libc::F_SETFL, status & libc::O_NONBLOCK)?;
     let cloexec = if fd_flags & libc::FD_CLOEXEC != 0 {

@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use heteronet::fastpath::wire::Role;
+use heteronet::fastpath::DATA_TOKEN;
 use heteronet::shm::{Consumer, Producer, Region, RegionAddr};
 
 use crate::options::Options;
@@ -71,6 +73,8 @@ struct Rx {
 struct Tx {
     ring: Producer,
     shut: bool,
+    /// Tokens for published records not sent yet (the socket was full).
+    owed: usize,
 }
 
 /// A fast connection, shared by every descriptor that refers to it.
@@ -85,6 +89,9 @@ pub struct Conn {
     pub options: Options,
     /// The peer went away without FIN, or the ring was corrupt.
     reset: AtomicBool,
+    /// The other end is a program (not a relay's pump): it learns of every
+    /// record by its token, and its filler bytes are told apart from tokens.
+    peer_is_program: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -93,12 +100,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Conn {
     /// Maps the region received from the broker (validating it) and takes
-    /// ring 0 (program → peer) and ring 1 (peer → program).
+    /// the ring this end writes and the one it reads, as `role` says.
     pub fn open(
         sock: OwnedFd,
         region: OwnedFd,
         local: SocketAddr,
         peer: SocketAddr,
+        role: Role,
     ) -> Result<Conn, Errno> {
         let sock = crate::internal::hide(sock);
         let region = crate::internal::hide(region);
@@ -112,9 +120,17 @@ impl Conn {
             }
         };
         let ring = |i| region.ring(i).map_err(|_| libc::ECONNREFUSED);
-        let rings = ring(0)
+        let (tx_ring, rx_ring) = if role.writes_ring1 { (1, 0) } else { (0, 1) };
+        let rings = ring(tx_ring)
             .and_then(|r| r.acquire_producer().ok_or(libc::ECONNREFUSED))
-            .and_then(|tx| Ok((tx, ring(1)?.acquire_consumer().ok_or(libc::ECONNREFUSED)?)));
+            .and_then(|tx| {
+                Ok((
+                    tx,
+                    ring(rx_ring)?
+                        .acquire_consumer()
+                        .ok_or(libc::ECONNREFUSED)?,
+                ))
+            });
         let (tx, rx) = match rings {
             Ok(v) => v,
             Err(e) => {
@@ -138,11 +154,13 @@ impl Conn {
             tx: Mutex::new(Tx {
                 ring: tx,
                 shut: false,
+                owed: 0,
             }),
             local,
             peer,
             options: Options::default(),
             reset: AtomicBool::new(false),
+            peer_is_program: role.peer_is_program,
         })
     }
 
@@ -191,6 +209,9 @@ impl Conn {
 
     /// Receives the tokens of records already consumed.
     fn settle(&self, rx: &mut Rx) {
+        if self.peer_is_program {
+            return self.settle_from_program(rx);
+        }
         let mut buf = [0u8; 256];
         while rx.debt > 0 {
             let n = rx.debt.min(buf.len());
@@ -198,6 +219,83 @@ impl Conn {
                 Ok(0) | Err(_) => return,
                 Ok(k) => rx.debt -= k,
             }
+        }
+    }
+
+    /// As [`Conn::settle`] when the peer is a program: its socket also holds
+    /// the filler it sent when its ring was nearly full; that is read (and
+    /// dropped) once the ring is half empty, which makes the peer writable.
+    fn settle_from_program(&self, rx: &mut Rx) {
+        let mut buf = [0u8; 256];
+        loop {
+            let drain_filler = rx
+                .ring
+                .backlog()
+                .map(|b| b <= rx.ring.capacity() / 2)
+                .unwrap_or(true);
+            let Ok(n) = real::recv_into(self.fd(), &mut buf, libc::MSG_PEEK | libc::MSG_DONTWAIT)
+            else {
+                return;
+            };
+            let mut debt = rx.debt;
+            let mut take = 0;
+            for &b in &buf[..n] {
+                if b == DATA_TOKEN {
+                    if debt == 0 {
+                        break;
+                    }
+                    debt -= 1;
+                } else if !drain_filler {
+                    break;
+                }
+                take += 1;
+            }
+            if take == 0 {
+                return;
+            }
+            match real::recv_into(self.fd(), &mut buf[..take], libc::MSG_DONTWAIT) {
+                Ok(k) => {
+                    let tokens = buf[..k].iter().filter(|&&b| b == DATA_TOKEN).count();
+                    rx.debt = rx.debt.saturating_sub(tokens);
+                    // Stopped short of what waits: the rest stays for later.
+                    if k < take || take < n {
+                        return;
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Tells a program peer of published records (one token each); what the
+    /// socket cannot take now goes with the next call.
+    fn send_tokens(&self, tx: &mut Tx) {
+        let buf = [DATA_TOKEN; 256];
+        while tx.owed > 0 {
+            let n = tx.owed.min(buf.len());
+            match real::send_from(
+                self.fd(),
+                &buf[..n],
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            ) {
+                Ok(k) => tx.owed -= k,
+                Err(libc::EAGAIN) => return,
+                Err(_) => {
+                    self.mark_reset();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// After publishing `records`: the peer learns of them.
+    fn published(&self, tx: &mut Tx, records: usize) {
+        let sleeping = tx.ring.publish();
+        if self.peer_is_program {
+            tx.owed += records;
+            self.send_tokens(tx);
+        } else if sleeping {
+            self.wake_peer();
         }
     }
 
@@ -267,7 +365,9 @@ impl Conn {
             rx.debt += done_records;
             self.settle(rx);
         }
-        if rx.ring.release() {
+        // A pump waiting for room sleeps on its flag; a program waits for
+        // its descriptor to be writable (the filler drained in `settle`).
+        if rx.ring.release() && !self.peer_is_program {
             self.wake_peer();
         }
         Ok(copied)
@@ -341,16 +441,19 @@ impl Conn {
         }
         // After fork, another process may have written to this ring.
         tx.ring.adopt_shared().map_err(|_| self.reset_now())?;
+        if tx.owed > 0 {
+            self.send_tokens(&mut tx);
+        }
         let max = tx.ring.max_record();
         let mut sent = 0;
         loop {
-            let mut pushed = false;
+            let mut pushed = 0;
             while sent < buf.len() {
                 let n = max.min(buf.len() - sent);
                 match tx.ring.try_push(&[&buf[sent..sent + n]]) {
                     Ok(true) => {
                         sent += n;
-                        pushed = true;
+                        pushed += 1;
                     }
                     Ok(false) => break,
                     Err(_) => {
@@ -359,10 +462,8 @@ impl Conn {
                     }
                 }
             }
-            if pushed {
-                if tx.ring.publish() {
-                    self.wake_peer();
-                }
+            if pushed > 0 {
+                self.published(&mut tx, pushed);
                 // Nearly full: stop polling writable, as a kernel socket whose
                 // send buffer is full (the peer reads the filler when there is room).
                 if tx.ring.free_bytes().unwrap_or(0) < tx.ring.capacity() / 4 {
@@ -482,9 +583,7 @@ impl Conn {
                     Err(_) => return Err(libc::ECONNRESET),
                 }
             }
-            if tx.ring.publish() {
-                self.wake_peer();
-            }
+            self.published(&mut tx, 1);
         }
         if !(0..=2).contains(&how) {
             return Err(libc::EINVAL);

@@ -116,12 +116,13 @@ pub fn accepted(listen_fd: i32, nfd: i32) -> Option<SocketAddr> {
         region,
         local: l,
         peer,
+        role,
     } = broker::ask(Request::Claim { carrier })
     else {
         return None;
     };
     let peer = same_family(peer.unwrap_or(carrier), local);
     let l = same_family(l.unwrap_or(local), local);
-    broker::install(nfd, sock, region, l, peer).ok()?;
+    broker::install(nfd, sock, region, l, peer, role).ok()?;
     Some(peer)
 }

@@ -18,7 +18,7 @@ const REPLY_MAGIC: &[u8; 4] = b"HFR2";
 /// Bytes of an encoded socket address: family, port, 16 address bytes.
 const ADDR_LEN: usize = 1 + 2 + 16;
 pub const REQUEST_LEN: usize = 4 + 1 + 2 * ADDR_LEN;
-pub const REPLY_LEN: usize = 4 + 1 + 4 + 2 * ADDR_LEN;
+pub const REPLY_LEN: usize = 4 + 1 + 4 + 2 * ADDR_LEN + 1;
 
 /// What a program (or the DPU relay) asks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,12 +48,38 @@ pub enum Outcome {
 }
 
 /// The answer to a [`Request`]: the connection's local and peer addresses as
-/// the program should see them (for `Connect`, `peer` is unset).
+/// the program should see them (for `Connect`, `peer` is unset), and its role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reply {
     pub outcome: Outcome,
     pub local: Option<SocketAddr>,
     pub peer: Option<SocketAddr>,
+    pub role: Role,
+}
+
+/// A fast connection's end: which ring it writes (the other it reads) and
+/// what is at the other end: a relay's pump, which watches the rings itself,
+/// or another preloaded program, which needs a token for every record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Role {
+    pub writes_ring1: bool,
+    pub peer_is_program: bool,
+}
+
+impl Role {
+    fn encode(self) -> u8 {
+        u8::from(self.writes_ring1) | (u8::from(self.peer_is_program) << 1)
+    }
+
+    fn decode(b: u8) -> Result<Role> {
+        if b & !3 != 0 {
+            return Err(Error::Protocol("fast-path reply role"));
+        }
+        Ok(Role {
+            writes_ring1: b & 1 != 0,
+            peer_is_program: b & 2 != 0,
+        })
+    }
 }
 
 fn put_addr(b: &mut [u8], a: Option<SocketAddr>) {
@@ -126,6 +152,7 @@ impl Reply {
             outcome: Outcome::Pass,
             local: None,
             peer: None,
+            role: Role::default(),
         }
     }
 
@@ -134,6 +161,7 @@ impl Reply {
             outcome: Outcome::Failed(errno),
             local: None,
             peer: None,
+            role: Role::default(),
         }
     }
 
@@ -148,7 +176,8 @@ impl Reply {
         b[4] = code;
         b[5..9].copy_from_slice(&errno.to_le_bytes());
         put_addr(&mut b[9..9 + ADDR_LEN], self.local);
-        put_addr(&mut b[9 + ADDR_LEN..], self.peer);
+        put_addr(&mut b[9 + ADDR_LEN..9 + 2 * ADDR_LEN], self.peer);
+        b[REPLY_LEN - 1] = self.role.encode();
         b
     }
 
@@ -168,7 +197,8 @@ impl Reply {
         Ok(Reply {
             outcome,
             local: get_addr(&b[9..9 + ADDR_LEN])?,
-            peer: get_addr(&b[9 + ADDR_LEN..])?,
+            peer: get_addr(&b[9 + ADDR_LEN..9 + 2 * ADDR_LEN])?,
+            role: Role::decode(b[REPLY_LEN - 1])?,
         })
     }
 }
@@ -196,6 +226,10 @@ mod tests {
                 outcome: Outcome::Connected,
                 local: Some("127.0.0.1:40000".parse().unwrap()),
                 peer: Some("[::1]:5".parse().unwrap()),
+                role: Role {
+                    writes_ring1: true,
+                    peer_is_program: true,
+                },
             },
             Reply::pass(),
             Reply::failed(libc::ECONNREFUSED),
@@ -224,5 +258,8 @@ mod tests {
         assert!(Reply::decode(&r).is_err());
         r[4] = 7;
         assert!(Reply::decode(&r).is_err());
+        let mut r = Reply::pass().encode();
+        r[REPLY_LEN - 1] = 4;
+        assert!(Reply::decode(&r).is_err(), "role");
     }
 }

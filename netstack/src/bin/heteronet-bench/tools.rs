@@ -2,7 +2,8 @@
 //! p50/p99) and iperf3 single-stream throughput, with the rounds alternated
 //! between paths so a noisy moment hits all of them; medians are reported.
 //! The fast path is the elastic relay pair with the client preloaded with
-//! libheterosocket.so.
+//! libheterosocket.so; with both ends preloaded the servers are too, and the
+//! relays only introduce the two programs.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -40,9 +41,17 @@ pub struct Topology {
 
 /// Starts a server process in `ns`, killed when dropped.
 fn server(ns: &Netns, args: &[&str]) -> Result<Proc> {
-    let child = Command::new("ip")
-        .args(["netns", "exec", &ns.0])
-        .args(args)
+    server_with(ns, args, None)
+}
+
+/// As [`server`], with `preload` in `LD_PRELOAD` when given.
+fn server_with(ns: &Netns, args: &[&str], preload: Option<&PathBuf>) -> Result<Proc> {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", &ns.0]).args(args);
+    if let Some(lib) = preload {
+        c.env("LD_PRELOAD", lib);
+    }
+    let child = c
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -53,11 +62,19 @@ fn server(ns: &Netns, args: &[&str]) -> Result<Proc> {
 
 /// sockperf and iperf3 servers on `port` and `port + 1` in `ns`.
 fn servers(ns: &Netns, port: u16) -> Result<Vec<Proc>> {
+    servers_with(ns, port, None)
+}
+
+fn servers_with(ns: &Netns, port: u16, preload: Option<&PathBuf>) -> Result<Vec<Proc>> {
     let p = port.to_string();
     let q = (port + 1).to_string();
     Ok(vec![
-        server(ns, &["sockperf", "sr", "--tcp", "-i", "0.0.0.0", "-p", &p])?,
-        server(ns, &["iperf3", "-s", "-p", &q])?,
+        server_with(
+            ns,
+            &["sockperf", "sr", "--tcp", "-i", "0.0.0.0", "-p", &p],
+            preload,
+        )?,
+        server_with(ns, &["iperf3", "-s", "-p", &q], preload)?,
     ])
 }
 
@@ -169,9 +186,18 @@ pub fn topology(veth: &Pair, relay_threads: usize, preload: PathBuf) -> Result<T
             crate::measure::serve(&rp.pair.b.path(), addr("0.0.0.0", IDLE_ECHO_PORT))?;
             paths.push(ToolPath {
                 name: "fastpath",
-                client_ns,
+                client_ns: client_ns.clone(),
                 sockperf: addr("127.0.0.1", 7140),
                 iperf3: addr("127.0.0.1", 7141),
+                preload: Some(preload.clone()),
+                relays: relays.clone(),
+            });
+            keep.push(Box::new(servers_with(&rp.pair.b, 7150, Some(&preload))?));
+            paths.push(ToolPath {
+                name: "fastpath_both",
+                client_ns,
+                sockperf: addr("127.0.0.1", 7150),
+                iperf3: addr("127.0.0.1", 7151),
                 preload: Some(preload.clone()),
                 relays,
             });
@@ -410,6 +436,7 @@ pub fn print(r: &ToolResults, rounds: usize) {
             "relay_elastic",
             "relay_busypoll",
             "fastpath",
+            "fastpath_both",
         ],
         &r.sockperf,
         &r.iperf3,
@@ -424,7 +451,6 @@ pub fn print(r: &ToolResults, rounds: usize) {
             "idle CPU fastpath: {v:.2} % of one core (both relays, 100 idle fast connections)"
         );
     }
-    println!("fastpath_both: not measured (the fast path's accept side is not built yet)");
 }
 
 /// The JSON of the tool rows: `sockperf.<path>.{p50_us,p99_us}`, `iperf3.<path>.gbps`.

@@ -12,11 +12,12 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 
 use super::{new_region, recv_msg, send_msg, within, Fast, HANDSHAKE_TIMEOUT};
-use crate::fastpath::wire::{Outcome, Reply, Request, REPLY_LEN, REQUEST_LEN};
+use crate::fastpath::wire::{Outcome, Reply, Request, Role, REPLY_LEN, REQUEST_LEN};
 use crate::relay::counters::Counters;
 use crate::relay::error::{Error, Result};
 use crate::relay::mirror::canonical;
 use crate::relay::session::Ctx;
+use crate::Side;
 
 /// The broker waits this long for the DPU relay's connect (its own is bounded at 10 s).
 const OFFER_TIMEOUT: Duration = Duration::from_secs(12);
@@ -70,7 +71,14 @@ async fn one(
     )
     .await?;
     match Request::decode(&b)? {
-        Request::Connect { dest } => connect(ctx, fast, &app, canonical(dest)).await?,
+        Request::Connect { dest } if fast.side == Side::Cpu => {
+            connect(ctx, fast, &app, canonical(dest)).await?
+        }
+        // A DPU program's connects go through the relay (not on the fast path yet).
+        Request::Connect { .. } => {
+            Counters::inc(&ctx.counters.fast_passed);
+            reply(&app, Reply::pass(), &[]).await?
+        }
         Request::Listen { addr } => {
             return Ok(fast
                 .registry
@@ -153,14 +161,27 @@ async fn claim(ctx: &Ctx, fast: &Fast, app: &UnixStream, carrier: SocketAddr) ->
     let Some(offer) = fast.registry.take(carrier) else {
         return reply(app, Reply::pass(), &[]).await;
     };
-    // The DPU relay learns first, so its pump is ready when the program writes.
-    let to_dpu = Reply {
+    // The opener learns first, so it is ready when the program writes. Its
+    // peer is the claiming program; a program opener sees the carrier's
+    // address as its own.
+    let to_opener = Reply {
         outcome: Outcome::Connected,
-        local: None,
+        local: offer.opener_is_program.then_some(offer.carrier),
         peer: None,
+        role: Role {
+            writes_ring1: false,
+            peer_is_program: true,
+        },
     };
     let region = offer.region.as_raw_fd();
-    if let Err(e) = send_msg(&offer.dpu, &to_dpu.encode(), &[region], "fast-path accept").await {
+    let told = send_msg(
+        &offer.opener,
+        &to_opener.encode(),
+        &[region],
+        "fast-path accept",
+    )
+    .await;
+    if let Err(e) = told {
         offer.finish(false);
         reply(app, Reply::pass(), &[]).await?;
         return Err(e);
@@ -168,9 +189,13 @@ async fn claim(ctx: &Ctx, fast: &Fast, app: &UnixStream, carrier: SocketAddr) ->
     let answer = Reply {
         outcome: Outcome::Connected,
         local: Some(offer.dest),
-        peer: Some(offer.peer),
+        peer: Some(offer.peer.unwrap_or(offer.carrier)),
+        role: Role {
+            writes_ring1: offer.opener_is_program,
+            peer_is_program: offer.opener_is_program,
+        },
     };
-    let sent = reply(app, answer, &[offer.dpu.as_raw_fd(), region]).await;
+    let sent = reply(app, answer, &[offer.opener.as_raw_fd(), region]).await;
     if sent.is_ok() {
         Counters::inc(&ctx.counters.fast_accepts);
     }

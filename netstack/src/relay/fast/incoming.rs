@@ -35,12 +35,17 @@ const CONCURRENCY: usize = 64;
 
 /// A connection waiting for its listener's program to claim it.
 pub(super) struct Offer {
-    /// The DPU relay's Unix connection: the program's descriptor once claimed.
-    pub(super) dpu: UnixStream,
+    /// The Unix connection to whoever opened it (the DPU relay's pump for a
+    /// client of the DPU half, or a preloaded program of the CPU half): the
+    /// claiming program's descriptor.
+    pub(super) opener: UnixStream,
+    /// Whether the opener is a program (then the two talk directly).
+    pub(super) opener_is_program: bool,
     pub(super) region: OwnedFd,
-    /// The listener's address, and the DPU-half client's.
+    /// The listener's address, the client's (when known) and the carrier's.
     pub(super) dest: SocketAddr,
-    pub(super) peer: SocketAddr,
+    pub(super) peer: Option<SocketAddr>,
+    pub(super) carrier: SocketAddr,
     done: oneshot::Sender<bool>,
 }
 
@@ -89,7 +94,9 @@ impl Registry {
             tracing::warn!(%addr, "{MAX_LISTENERS} fast listeners registered: this one uses the relay");
             return None;
         }
-        if inner.server.is_none() {
+        // Only the CPU relay takes offers from its peer; the DPU relay offers
+        // connects from the CPU half to its own listeners itself.
+        if inner.server.is_none() && fast.side == crate::Side::Cpu {
             match self.bind() {
                 Ok(l) => inner.server = Some(tokio::spawn(serve(l, ctx.clone(), fast.clone()))),
                 Err(e) => {
@@ -126,7 +133,7 @@ impl Registry {
     }
 
     /// Whether a registered listener takes connections to `dest`.
-    fn listening(&self, dest: SocketAddr) -> bool {
+    pub(super) fn listening(&self, dest: SocketAddr) -> bool {
         self.inner()
             .listeners
             .values()
@@ -134,10 +141,10 @@ impl Registry {
     }
 
     /// Files an offer; gives it back when too many wait.
-    fn put(&self, carrier: SocketAddr, offer: Offer) -> std::result::Result<(), Offer> {
+    fn put(&self, carrier: SocketAddr, offer: Offer) -> std::result::Result<(), Box<Offer>> {
         let mut inner = self.inner();
         if inner.offers.len() >= MAX_CONNECTIONS {
-            return Err(offer);
+            return Err(Box::new(offer));
         }
         inner.offers.insert(carrier, offer);
         Ok(())
@@ -178,8 +185,7 @@ async fn pass(dpu: &UnixStream) -> Result<()> {
     send_msg(dpu, &Reply::pass().encode(), &[], "fast-path accept").await
 }
 
-/// One connection of the DPU half: offer it to the listener's program through
-/// a carrier connection, and wait until the program claims it (or not).
+/// One connection of the DPU half (an `Incoming` on the accept socket).
 async fn offer(ctx: &Ctx, fast: &Fast, mut dpu: UnixStream) -> Result<()> {
     let mut b = [0u8; REQUEST_LEN];
     within(
@@ -192,11 +198,29 @@ async fn offer(ctx: &Ctx, fast: &Fast, mut dpu: UnixStream) -> Result<()> {
         return Err(Error::FastPath("expected Incoming"));
     };
     let dest = canonical(dest);
-    let c = &ctx.counters;
     if !fast.registry.listening(dest) {
         return pass(&dpu).await;
     }
     let region = new_region()?;
+    match hand_over(ctx, fast, dpu, false, region, dest, Some(peer)).await? {
+        Some((dpu, _)) => pass(&dpu).await,
+        None => Ok(()),
+    }
+}
+
+/// Offers a connection to the program listening on `dest` through a
+/// carrier connection, and waits until it claims it. Unclaimed, the opener's
+/// Unix connection and the region come back.
+pub(super) async fn hand_over(
+    ctx: &Ctx,
+    fast: &Fast,
+    opener: UnixStream,
+    opener_is_program: bool,
+    region: OwnedFd,
+    dest: SocketAddr,
+    peer: Option<SocketAddr>,
+) -> Result<Option<(UnixStream, OwnedFd)>> {
+    let c = &ctx.counters;
     let io = |e| Error::io(format!("carrier to {dest}"), e);
     let sock = if dest.is_ipv4() {
         TcpSocket::new_v4()
@@ -208,15 +232,17 @@ async fn offer(ctx: &Ctx, fast: &Fast, mut dpu: UnixStream) -> Result<()> {
     let carrier = canonical(sock.local_addr().map_err(io)?);
     let (done, claimed) = oneshot::channel();
     let o = Offer {
-        dpu,
+        opener,
+        opener_is_program,
         region,
         dest,
         peer,
+        carrier,
         done,
     };
     if let Err(o) = fast.registry.put(carrier, o) {
         Counters::inc(&c.fast_passed);
-        return pass(&o.dpu).await;
+        return Ok(Some((o.opener, o.region)));
     }
     // The carrier lives until the program has claimed what it stands for;
     // then it goes with a reset (no TIME_WAIT left per connection).
@@ -229,8 +255,8 @@ async fn offer(ctx: &Ctx, fast: &Fast, mut dpu: UnixStream) -> Result<()> {
         _ => false,
     };
     if claimed {
-        tracing::debug!(%dest, %peer, "fast connection accepted");
-        return Ok(());
+        tracing::debug!(%dest, ?peer, "fast connection handed to its listener");
+        return Ok(None);
     }
     // Not claimed: the relay carries this connection. A claim racing with
     // this finds nothing and the program keeps the (closed) carrier.
@@ -238,8 +264,8 @@ async fn offer(ctx: &Ctx, fast: &Fast, mut dpu: UnixStream) -> Result<()> {
         Some(o) => {
             Counters::inc(&c.fast_passed);
             tracing::debug!(%dest, "fast offer not claimed: through the relay");
-            pass(&o.dpu).await
+            Ok(Some((o.opener, o.region)))
         }
-        None => Ok(()),
+        None => Ok(None),
     }
 }

@@ -134,17 +134,19 @@ impl Drop for Sockets {
 /// (DPU). Failing to start only loses the fast path (programs then use the
 /// relay), so it is logged, not fatal.
 pub(super) fn start(fast: &Arc<Fast>, ctx: &Ctx) -> Option<Sockets> {
+    // Each half's programs find their relay's broker in their own netns.
+    let broker = match bind_broker() {
+        Ok(l) => {
+            tokio::spawn(broker::run(l, ctx.clone(), fast.clone()));
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "fast path off for this half's programs: cannot bind the broker");
+            false
+        }
+    };
     match fast.side {
-        Side::Cpu => match bind_broker() {
-            Ok(l) => {
-                tokio::spawn(broker::run(l, ctx.clone(), fast.clone()));
-                Some(Sockets(vec![fast.cpu_socket.clone()]))
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "fast path off: cannot bind the broker");
-                None
-            }
-        },
+        Side::Cpu => broker.then(|| Sockets(vec![fast.cpu_socket.clone()])),
         Side::Dpu => {
             let path = &fast.dpu_socket;
             let _ = std::fs::remove_file(path);

@@ -11,9 +11,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UnixListener, UnixStream};
 use tokio::sync::OwnedSemaphorePermit;
 
+use super::incoming;
 use super::pump::Pump;
 use super::{errno_of, recv_msg, within, Fast, HANDSHAKE_TIMEOUT};
-use crate::fastpath::wire::{Outcome, Reply, Request, REPLY_LEN, REQUEST_LEN};
+use crate::fastpath::wire::{Outcome, Reply, Request, Role, REPLY_LEN, REQUEST_LEN};
 use crate::fastpath::MAX_CONNECTIONS;
 use crate::relay::counters::Counters;
 use crate::relay::error::{Error, Result};
@@ -69,6 +70,16 @@ async fn connect(ctx: &Ctx, fast: &Fast, mut conn: UnixStream) -> Result<()> {
         Counters::inc(&c.fast_failed);
         return answer(&mut conn, Reply::failed(libc::ECONNREFUSED)).await;
     }
+    let (mut conn, mut region) = (conn, region);
+    if fast.registry.listening(dest) {
+        // A program here listens with the library: the two programs talk
+        // directly, this relay only introduces them.
+        let offered = incoming::hand_over(ctx, fast, conn, true, region, dest, None).await?;
+        match offered {
+            None => return Ok(()),
+            Some((c, r)) => (conn, region) = (c, r),
+        }
+    }
     let tcp = match connect_tcp(ctx, dest).await {
         Ok(t) => t,
         Err(e) => {
@@ -80,6 +91,7 @@ async fn connect(ctx: &Ctx, fast: &Fast, mut conn: UnixStream) -> Result<()> {
         outcome: Outcome::Connected,
         local: tcp.local_addr().ok(),
         peer: None,
+        role: Role::default(),
     };
     answer(&mut conn, reply).await?;
     Counters::inc(&c.fast_connects);
