@@ -4,6 +4,7 @@
 # The private containerd is always torn down at the end (hack/down.sh).
 # Env: HANDLERS="runc heteropod", TEST_THREADS=2, SUITE_TIMEOUT=900 (s per handler),
 #      QEMU_PASS=1 (0 skips the split-Pod pass with the DPU in a QEMU guest),
+#      DEMO_PASS_REQUESTS=2000 (make demo's three runs, smaller; 0 skips them),
 #      extra cargo test filter args after `--` on the command line.
 set -uo pipefail
 # shellcheck source=lib.sh
@@ -21,6 +22,7 @@ HANDLERS="${HANDLERS:-runc heteropod}"
 TEST_THREADS="${TEST_THREADS:-2}"
 SUITE_TIMEOUT="${SUITE_TIMEOUT:-900}"
 QEMU_PASS="${QEMU_PASS:-1}"
+DEMO_PASS_REQUESTS="${DEMO_PASS_REQUESTS:-2000}"
 # The split-Pod tests the DPU=qemu pass runs (the DPU in a guest).
 QEMU_PASS_TESTS=(--test split_pod --test split_network --test placement)
 LOG_DIR="${CONFORMANCE_LOG_DIR:-$REPO/target/conformance}"
@@ -88,6 +90,36 @@ run_pass() {
     SUMMARY+=("$name: $passed passed, $failed failed")
 }
 
+# `make demo`'s three runs (all_cpu, split_relay, split_fastpath) with fewer
+# requests: the demo's own checks must hold (every answer right, the proxy on
+# the DPU, the fast-path run made fast connections). Its figures are not judged.
+run_demo_pass() {
+    local name=heteropod-demo logfile="$LOG_DIR/heteropod-demo.log" start rc secs
+    log "conformance: $name (make demo's runs, $DEMO_PASS_REQUESTS requests each; log: $logfile)"
+    start=$(date +%s)
+    {
+        "$REPO/hack/demo-images.sh" &&
+            env CONTAINERD_ADDRESS="$CONTAINERD_ADDRESS" HETEROPOD_HANDLER=heteropod \
+                HETEROPOD_STATE="$HETEROPOD_STATE" DPU_STATE_DIR="$DPU_STATE_DIR" \
+                DPU_CGROUP_PARENT="$DPU_CGROUP_PARENT" HETEROPOD_HOST_CPUS="$(dpu_host_cpus)" \
+                DEMO_REQUESTS="$DEMO_PASS_REQUESTS" DEMO_JSON="$LOG_DIR/demo.json" \
+                timeout "$SUITE_TIMEOUT" "$CARGO" run --release -q -p heteropod-conformance \
+                --bin heteropod-demo
+    } 2>&1 | tee "$logfile"
+    rc=${PIPESTATUS[0]}
+    secs=$(($(date +%s) - start))
+    "$CARGO" run --release -q -p heteropod-conformance --bin heteropod-conformance-sweep ||
+        warn "sweep failed"
+    if ((rc != 0)); then
+        status=1
+        DETAIL+=("$name: FAILED after ${secs}s (log $logfile)")
+        SUMMARY+=("$name: 0 passed, 1 failed")
+    else
+        DETAIL+=("$name: ok in ${secs}s ($LOG_DIR/demo.json)")
+        SUMMARY+=("$name: 1 passed, 0 failed")
+    fi
+}
+
 for handler in $HANDLERS; do
     # The DPU placement tests (tests/placement.rs) run for our handler only,
     # and only while the emulated DPU agent runs; otherwise they skip.
@@ -107,6 +139,7 @@ for handler in $HANDLERS; do
     # they run alone, after the suite, one at a time.
     if [[ -n $dpu && ${#FILTER[@]} -eq 0 ]]; then
         run_pass "$handler-faults" "$handler" 1 1 --test faults -- --test-threads=1
+        ((DEMO_PASS_REQUESTS > 0)) && run_demo_pass
     fi
 done
 

@@ -255,6 +255,25 @@ pub fn counter(doc: &Value, section: &str, key: &str) -> Option<u64> {
         .and_then(Value::as_u64)
 }
 
+/// `after - before` of one relay counter; `None` without both documents or the key.
+pub fn delta(pair: Option<&(Value, Value)>, section: &str, key: &str) -> Option<u64> {
+    let (b, a) = pair?;
+    Some(counter(a, section, key)?.saturating_sub(counter(b, section, key).unwrap_or(0)))
+}
+
+/// How many CPUs a cpuset list names ("0-2,5": 4; "guest 0": 1, as a remote
+/// DPU's row shows it).
+pub fn cpu_count(list: &str) -> Option<usize> {
+    let list = list.trim().trim_start_matches("guest").trim();
+    let mut n = 0;
+    for part in list.split(',') {
+        let (lo, hi) = part.split_once('-').unwrap_or((part, part));
+        let (lo, hi): (usize, usize) = (lo.trim().parse().ok()?, hi.trim().parse().ok()?);
+        n += hi.checked_sub(lo)? + 1;
+    }
+    Some(n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,6 +283,25 @@ mod tests {
         let stat = "42 (a b) c) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 1 0";
         assert_eq!(parse_stat_cpu(stat), Some(3.0));
         assert_eq!(parse_stat_cpu("garbage"), None);
+    }
+
+    #[test]
+    fn cpu_lists_are_counted() {
+        assert_eq!(cpu_count("0-2,5"), Some(4));
+        assert_eq!(cpu_count("1"), Some(1));
+        assert_eq!(cpu_count("guest 0"), Some(1));
+        assert_eq!(cpu_count("-"), None);
+        assert_eq!(cpu_count("3-1"), None);
+    }
+
+    #[test]
+    fn deltas_need_both_documents() {
+        let b = serde_json::json!({"relay": {"fast_connects": 2}});
+        let a = serde_json::json!({"relay": {"fast_connects": 6}});
+        let pair = (b, a);
+        assert_eq!(delta(Some(&pair), "relay", "fast_connects"), Some(4));
+        assert_eq!(delta(Some(&pair), "relay", "fast_accepts"), None);
+        assert_eq!(delta(None, "relay", "fast_connects"), None);
     }
 
     #[test]

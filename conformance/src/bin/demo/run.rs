@@ -33,10 +33,28 @@ const SHARED: &str = "/demo";
 pub struct Settings {
     pub requests: u64,
     pub connections: usize,
+    /// Set in the app's and the upstream's environment in every run.
+    pub cpu_env: Vec<(String, String)>,
+}
+
+/// `KEY=VALUE,KEY=VALUE` pairs.
+fn parse_env_list(text: &str) -> Result<Vec<(String, String)>> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.split_once('=')
+                .filter(|(k, _)| !k.is_empty())
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .with_context(|| format!("DEMO_CPU_ENV: {p:?} is not KEY=VALUE"))
+        })
+        .collect()
 }
 
 impl Settings {
-    /// `DEMO_REQUESTS` (default 20000) and `DEMO_CONNECTIONS` (default 4).
+    /// `DEMO_REQUESTS` (default 20000), `DEMO_CONNECTIONS` (default 4) and
+    /// `DEMO_CPU_ENV` (`KEY=VALUE,...` for the CPU containers, e.g.
+    /// `HETEROSOCKET_SPIN_US=0` to see what the library's spinning costs).
     pub fn from_env() -> Result<Self> {
         fn num<T: std::str::FromStr>(key: &str, default: T) -> Result<T> {
             match std::env::var(key) {
@@ -49,6 +67,7 @@ impl Settings {
         let s = Self {
             requests: num("DEMO_REQUESTS", 20_000)?,
             connections: num("DEMO_CONNECTIONS", 4)?,
+            cpu_env: parse_env_list(&std::env::var("DEMO_CPU_ENV").unwrap_or_default())?,
         };
         ensure!(
             s.requests > 0 && s.connections > 0,
@@ -58,27 +77,63 @@ impl Settings {
     }
 }
 
+/// Pod annotation that asks for the fast path (shim/src/fastpath.rs).
+const FASTPATH: &str = "heteropod.io/fastpath";
+/// The CPU relay's fast-path broker, an abstract socket in the Pod's CPU half
+/// (netstack's `fastpath::BROKER_NAME`).
+const BROKER: &str = "@heteropod.fastpath";
+
 /// Which placement the run uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Variant {
-    Split,
+    /// Everything on the CPU: the baseline.
     AllCpu,
+    /// The proxy on the DPU; both hops cross the HeteroNet relays.
+    SplitRelay,
+    /// As `SplitRelay`, and the Pod asks for the fast path: the preloaded app's
+    /// connections to the proxy, and the proxy's to the preloaded upstream,
+    /// take rings of their own instead of the host's TCP and the relays.
+    SplitFastpath,
 }
 
 impl Variant {
-    pub fn label(self) -> &'static str {
+    pub const ALL: [Variant; 3] = [Variant::AllCpu, Variant::SplitRelay, Variant::SplitFastpath];
+
+    /// The run's name in demo.json (`runs.<key>`).
+    pub fn key(self) -> &'static str {
         match self {
-            Variant::Split => "split",
-            Variant::AllCpu => "all-CPU",
+            Variant::AllCpu => "all_cpu",
+            Variant::SplitRelay => "split_relay",
+            Variant::SplitFastpath => "split_fastpath",
         }
     }
 
-    fn proxy_placement(self) -> &'static str {
+    pub fn label(self) -> &'static str {
         match self {
-            Variant::Split => "dpu",
-            Variant::AllCpu => "cpu",
+            Variant::AllCpu => "all-CPU",
+            Variant::SplitRelay => "split, relay",
+            Variant::SplitFastpath => "split, fast path",
         }
     }
+
+    pub fn split(self) -> bool {
+        self != Variant::AllCpu
+    }
+
+    fn proxy_placement(self) -> &'static str {
+        if self.split() {
+            "dpu"
+        } else {
+            "cpu"
+        }
+    }
+}
+
+/// What one run gave: results, or why it could not run here.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Done(Box<RunResult>),
+    Skipped(String),
 }
 
 /// One container or Pod process with its CPU time over the requests.
@@ -135,38 +190,45 @@ impl RunResult {
     }
 }
 
-/// A container running `/demo-<name>` from `image` with `args`.
-fn container(name: &str, image: &str, args: &[&str]) -> ContainerBuilder {
+/// A container running `/demo-<name>` from `image` with `args` and `env`.
+fn container(name: &str, image: &str, args: &[&str], env: &[(String, String)]) -> ContainerBuilder {
     let entry = format!("/demo-{name}");
-    ContainerBuilder::new(name, image)
-        .command(&[entry.as_str()])
-        .args(args)
+    env.iter().fold(
+        ContainerBuilder::new(name, image)
+            .command(&[entry.as_str()])
+            .args(args),
+        |c, (k, v)| c.env(k, v),
+    )
 }
 
 /// Runs the Pod once with `variant`'s placement and measures it. The caller removes the
 /// Pod ([`Ctx::cleanup`]).
-pub async fn run_variant(ctx: &Ctx, settings: &Settings, variant: Variant) -> Result<RunResult> {
+pub async fn run_variant(ctx: &Ctx, settings: &Settings, variant: Variant) -> Result<Outcome> {
     let shared = ctx.tempdir("demo-shared")?;
     let shared_s = shared.display().to_string();
     println!(
-        "==> {}: RunPodSandbox, {PROXY} placed on the {}",
+        "==> {}: RunPodSandbox, {PROXY} placed on the {}{}",
         variant.label(),
-        variant.proxy_placement().to_uppercase()
+        variant.proxy_placement().to_uppercase(),
+        if variant == Variant::SplitFastpath {
+            format!(", {FASTPATH}: \"true\"")
+        } else {
+            String::new()
+        }
     );
-    let pod = ctx
-        .run_pod(ctx.pod().hostname("demo").annotation(
-            &format!("heteropod.io/placement.{PROXY}"),
-            variant.proxy_placement(),
-        ))
-        .await?;
+    let mut pod_config = ctx.pod().hostname("demo").annotation(
+        &format!("heteropod.io/placement.{PROXY}"),
+        variant.proxy_placement(),
+    );
+    if variant == Variant::SplitFastpath {
+        pod_config = pod_config.annotation(FASTPATH, "true");
+    }
+    let pod = ctx.run_pod(pod_config).await?;
     let requests = settings.requests.to_string();
     let connections = settings.connections.to_string();
-    let upstream = ctx
-        .run_container(
-            &pod,
-            container(UPSTREAM, UPSTREAM_IMAGE, &["--listen", UPSTREAM_ADDR]),
-        )
-        .await?;
+    // The sidecar first, as a mesh injects it: its placement on the DPU starts the
+    // Pod's relays, and a preloaded server registers its listener with the CPU
+    // relay's broker when it listens, so the upstream must listen after that.
     let proxy = ctx
         .run_container(
             &pod,
@@ -174,6 +236,18 @@ pub async fn run_variant(ctx: &Ctx, settings: &Settings, variant: Variant) -> Re
                 PROXY,
                 PROXY_IMAGE,
                 &["--listen", PROXY_ADDR, "--upstream", UPSTREAM_ADDR],
+                &[],
+            ),
+        )
+        .await?;
+    let upstream = ctx
+        .run_container(
+            &pod,
+            container(
+                UPSTREAM,
+                UPSTREAM_IMAGE,
+                &["--listen", UPSTREAM_ADDR],
+                &settings.cpu_env,
             ),
         )
         .await?;
@@ -193,6 +267,7 @@ pub async fn run_variant(ctx: &Ctx, settings: &Settings, variant: Variant) -> Re
                     "--dir",
                     SHARED,
                 ],
+                &settings.cpu_env,
             )
             .mount(&shared_s, SHARED, false),
         )
@@ -205,6 +280,11 @@ pub async fn run_variant(ctx: &Ctx, settings: &Settings, variant: Variant) -> Re
     wait_for_file(ctx, &pod, &ids, &shared.join("ready"), READY_TIMEOUT).await?;
 
     let processes = measure::pod_processes(&pod.id);
+    if variant == Variant::SplitFastpath {
+        if let Some(why) = fastpath_unavailable(&processes) {
+            return Ok(Outcome::Skipped(why));
+        }
+    }
     let cpu_sock = measure::cpu_relay_socket(&pod.id);
     let qemu = measure::qemu_pid().filter(|_| heteropod_conformance::dpu::remote());
     let mut cri = ctx.cri();
@@ -221,6 +301,7 @@ pub async fn run_variant(ctx: &Ctx, settings: &Settings, variant: Variant) -> Re
     let qemu_before = qemu.and_then(measure::process_cpu);
 
     std::fs::write(shared.join("go"), "go\n").context("start the app")?;
+    println!("==> {}: {} requests", variant.label(), settings.requests);
     let mut bar = Progress::new(variant.label(), settings.requests);
     let result_path = shared.join("result.json");
     let waited = tokio::time::timeout(REQUESTS_TIMEOUT, async {
@@ -294,7 +375,7 @@ pub async fn run_variant(ctx: &Ctx, settings: &Settings, variant: Variant) -> Re
         .map(|(b, a)| a - b);
     let app = parse_app_report(&std::fs::read_to_string(&result_path)?)?;
     let proxy_totals = proxy_totals(&pod, settings.connections as u64 + 1).await;
-    Ok(RunResult {
+    Ok(Outcome::Done(Box::new(RunResult {
         variant,
         pod_id: pod.id.clone(),
         containers,
@@ -304,7 +385,42 @@ pub async fn run_variant(ctx: &Ctx, settings: &Settings, variant: Variant) -> Re
         dpu_relay: dpu_relay_before.zip(dpu_relay_after),
         proxy_totals,
         emulator_cpu_s,
+    })))
+}
+
+/// Why the fast path cannot serve this Pod, if it cannot: its CPU-side relay
+/// must hold the broker the preloaded library asks (an abstract socket in the
+/// Pod's CPU half, listed in the relay's /proc/PID/net/unix).
+fn fastpath_unavailable(processes: &[measure::PodProcess]) -> Option<String> {
+    let Some(relay) = processes
+        .iter()
+        .find(|p| p.name == "HeteroNet relay, CPU side")
+    else {
+        return Some("the Pod has no CPU-side relay".into());
+    };
+    let table =
+        std::fs::read_to_string(format!("/proc/{}/net/unix", relay.pid)).unwrap_or_default();
+    if has_broker(&table) {
+        return None;
+    }
+    Some(if heteropod_conformance::dpu::remote() {
+        "the CPU-side relay offers no fast-path broker: with the DPU in a QEMU guest the relays \
+         meet in a slot of the ivshmem BAR, and the fast path does not cross the BAR yet"
+            .into()
+    } else {
+        format!(
+            "the CPU-side relay (pid {}) offers no fast-path broker ({BROKER})",
+            relay.pid
+        )
     })
+}
+
+/// Whether a /proc/PID/net/unix table lists the broker's socket (path: last column).
+fn has_broker(table: &str) -> bool {
+    table
+        .lines()
+        .skip(1)
+        .any(|l| l.split_whitespace().nth(7) == Some(BROKER))
 }
 
 /// Waits for `path`, failing early (with the container's log) if a container exits.
@@ -407,6 +523,32 @@ async fn proxy_totals(pod: &Pod, conns: u64) -> Option<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_broker_is_found_in_a_unix_socket_table() {
+        let table = "Num       RefCount Protocol Flags    Type St Inode Path\n\
+            0000000000000000: 00000002 00000000 00010000 0001 01 43127 @heteropod.fastpath\n\
+            0000000000000000: 00000003 00000000 00000000 0001 03 43130\n";
+        assert!(has_broker(table));
+        assert!(!has_broker(&table.replace("fastpath", "other")));
+        assert!(!has_broker(""));
+    }
+
+    #[test]
+    fn variants_have_their_json_keys() {
+        let keys: Vec<_> = Variant::ALL.iter().map(|v| v.key()).collect();
+        assert_eq!(keys, ["all_cpu", "split_relay", "split_fastpath"]);
+        assert!(!Variant::AllCpu.split() && Variant::SplitFastpath.split());
+    }
+
+    #[test]
+    fn env_lists_are_parsed() {
+        let sut = parse_env_list("A=1, B=x=y,,").unwrap();
+        assert_eq!(sut, [("A".into(), "1".into()), ("B".into(), "x=y".into())]);
+        assert!(parse_env_list("").unwrap().is_empty());
+        assert!(parse_env_list("A").is_err());
+        assert!(parse_env_list("=1").is_err());
+    }
 
     #[test]
     fn app_report_is_parsed_and_checked() {
