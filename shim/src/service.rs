@@ -1,6 +1,12 @@
 //! The shim's own lifecycle (`start`, `delete`, serve, exit): one shim per Pod.
 
-use std::{io::Write, os::unix::net::UnixStream, path::Path, sync::Arc};
+use std::{
+    io::Write,
+    os::unix::net::UnixStream,
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use async_trait::async_trait;
 use containerd_shim::{
@@ -16,6 +22,9 @@ use crate::{backend, events::Events, placement::GROUP_LABELS, process::Exit, tas
 /// service registers the v3 name (containerd 2.x). Both are served.
 const TASK_V2: &str = "containerd.task.v2.Task";
 const TASK_V3: &str = "containerd.task.v3.Task";
+/// How long `start` waits for the shim server to answer on the address it
+/// gives containerd (the server starts in milliseconds; a loaded node is slower).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Service {
     id: String,
@@ -38,6 +47,21 @@ fn socket_path(address: &str) -> &str {
 
 fn can_connect(address: &str) -> bool {
     UnixStream::connect(socket_path(address)).is_ok()
+}
+
+/// Waits until a server answers on `address`: containerd dials it as soon as
+/// `start` replies, and a dead address fails the Pod with a bare "no such file".
+async fn wait_answering(address: &str) -> containerd_shim::Result<()> {
+    let deadline = Instant::now() + ANSWER_TIMEOUT;
+    while !can_connect(address) {
+        if Instant::now() >= deadline {
+            return Err(containerd_shim::Error::Other(format!(
+                "the shim server does not answer on {address} after {ANSWER_TIMEOUT:?}: see the shim log in the bundle"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
 }
 
 /// Replies to `start` with the bare address, which containerd 1.6 expects (the
@@ -95,6 +119,7 @@ impl Shim for Service {
         if !can_connect(&public) {
             // First container of the Pod (or its shim died): start a shim server.
             spawn(opts, &grouping, Vec::new()).await?;
+            wait_answering(&public).await?;
         }
         write_str_to_file("address", &public).await?;
         reply_and_exit(&public)
@@ -149,7 +174,12 @@ impl Shim for Service {
         }
         match serve_both_versions(&task, &public_address(&self.socket)).await {
             Ok(server) => *self.server.lock().await = Some(server),
-            Err(e) => tracing::error!("task server: {e}"),
+            Err(e) => {
+                // Without its public address containerd cannot reach this
+                // server: exit, so `start` reports the failure and nothing lingers.
+                tracing::error!("task server: {e}");
+                std::process::exit(1);
+            }
         }
         task
     }

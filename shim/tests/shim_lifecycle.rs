@@ -434,3 +434,102 @@ async fn bad_input_gets_clear_errors_and_the_shim_survives() {
         "failed creates must not leave containers"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_shims_started_at_once_answer_as_soon_as_start_returns() {
+    if !can_run() {
+        return;
+    }
+    let h = Harness::new("burst").await;
+    // A loaded machine: the spawned servers get the cores late.
+    let mut load: Vec<std::process::Child> = (0..4)
+        .map(|_| {
+            std::process::Command::new("sh")
+                .args(["-c", "while :; do :; done"])
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let ids: Vec<String> = (0..20).map(|i| format!("burst{i}")).collect();
+    let bundles: Vec<_> = ids
+        .iter()
+        .map(|id| h.bundle(id, &["true"], &[], false))
+        .collect();
+    // containerd dials the address as soon as `start` prints it: so does this.
+    let (dir, namespace) = (h.dir.path(), h.namespace.as_str());
+    let refused: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = ids
+            .iter()
+            .zip(&bundles)
+            .map(|(id, bundle)| {
+                s.spawn(move || {
+                    let address = common::start_shim_in(dir, namespace, id, bundle);
+                    let path = address.trim_start_matches("unix://").to_string();
+                    std::os::unix::net::UnixStream::connect(&path)
+                        .err()
+                        .map(|e| format!("{id}: {e}"))
+                        .into_iter()
+                        .chain(std::iter::once(address))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|j| j.join().unwrap())
+            .collect()
+    });
+    for l in &mut load {
+        let _ = l.kill();
+        let _ = l.wait();
+    }
+    let (errors, addresses): (Vec<_>, Vec<_>) =
+        refused.into_iter().partition(|l| !l.starts_with("unix://"));
+    // Every shim is reached (and so killed by the harness) even if one refused.
+    for address in &addresses {
+        let c = h.client(address).await;
+        let _ = c.shutdown(ctx(), &api::ShutdownRequest::default()).await;
+    }
+    assert!(errors.is_empty(), "refused right after start: {errors:?}");
+    assert_eq!(addresses.len(), 20);
+}
+
+#[tokio::test]
+async fn start_fails_clearly_when_the_server_cannot_serve_its_address() {
+    if !can_run() {
+        return;
+    }
+    let h = Harness::new("noaddr").await;
+    let bundle = h.bundle("na1", &["true"], &[], false);
+    // Learn the Pod's address, then stop that shim.
+    let address = h.start_shim("na1", &bundle);
+    let c = h.client(&address).await;
+    let _ = c.shutdown(ctx(), &api::ShutdownRequest::default()).await;
+    assert!(h.shims_exited().await);
+    // Something that is not a socket holds the address now.
+    let path = std::path::PathBuf::from(address.trim_start_matches("unix://"));
+    let _ = std::fs::remove_file(&path);
+    std::fs::create_dir(&path).unwrap();
+    let out = std::process::Command::new(common::SHIM)
+        .args(["-namespace", &h.namespace, "-id", "na1"])
+        .args([
+            "-address",
+            &format!("{}/containerd.sock", h.dir.path().display()),
+        ])
+        .args(["-publish-binary", "/bin/true", "start"])
+        .current_dir(&bundle)
+        .env(
+            "TTRPC_ADDRESS",
+            format!("{}/events.sock", h.dir.path().display()),
+        )
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir(&path);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "start replied {:?} although nothing can serve it",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(stderr.contains("does not answer"), "{stderr}");
+}

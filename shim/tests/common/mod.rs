@@ -176,25 +176,7 @@ impl Harness {
 
     /// `shim start` in `bundle`, as containerd 1.6 runs it; returns the address.
     pub fn start_shim(&self, id: &str, bundle: &Path) -> String {
-        let out = Command::new(SHIM)
-            .args(["-namespace", &self.namespace, "-id", id])
-            .args([
-                "-address",
-                &format!("{}/containerd.sock", self.dir.path().display()),
-            ])
-            .args(["-publish-binary", "/bin/true", "start"])
-            .current_dir(bundle)
-            .env(
-                "TTRPC_ADDRESS",
-                format!("{}/events.sock", self.dir.path().display()),
-            )
-            .stdin(std::process::Stdio::null())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "shim start failed: {out:?}");
-        let address = String::from_utf8(out.stdout).unwrap().trim().to_string();
-        assert!(address.starts_with("unix://"), "start replied {address:?}");
-        address
+        start_shim_in(self.dir.path(), &self.namespace, id, bundle)
     }
 
     pub async fn client(&self, address: &str) -> TaskClient {
@@ -301,6 +283,23 @@ impl Drop for Harness {
 }
 
 /// A rootfs of host binaries (sh, sleep, cat, tty) and the libraries they need.
+/// `shim start` for a harness whose directory is `dir` (callable from threads).
+pub fn start_shim_in(dir: &Path, namespace: &str, id: &str, bundle: &Path) -> String {
+    let out = Command::new(SHIM)
+        .args(["-namespace", namespace, "-id", id])
+        .args(["-address", &format!("{}/containerd.sock", dir.display())])
+        .args(["-publish-binary", "/bin/true", "start"])
+        .current_dir(bundle)
+        .env("TTRPC_ADDRESS", format!("{}/events.sock", dir.display()))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "shim start failed: {out:?}");
+    let address = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(address.starts_with("unix://"), "start replied {address:?}");
+    address
+}
+
 fn make_rootfs(rootfs: &Path) {
     for dir in ["bin", "proc", "dev", "sys", "tmp"] {
         std::fs::create_dir_all(rootfs.join(dir)).unwrap();
