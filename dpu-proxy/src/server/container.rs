@@ -10,7 +10,10 @@ use super::{
     process::{Process, Status},
     state::{self, ContainerRecord, CriIdentity},
 };
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    ids::{validate_exec_id, validate_id},
+};
 
 pub struct Container {
     pub id: String,
@@ -55,8 +58,10 @@ impl Container {
         self.execs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The init process for an empty exec id, else that exec.
+    /// The init process for an empty exec id, else that exec. Every RPC
+    /// naming a process comes through here, so the id is checked here.
     pub fn process(&self, exec_id: &str) -> Result<Arc<Process>> {
+        validate_exec_id(exec_id)?;
         if exec_id.is_empty() {
             return Ok(self.init.clone());
         }
@@ -67,6 +72,7 @@ impl Container {
     }
 
     pub fn add_exec(&self, p: Arc<Process>) -> Result<()> {
+        validate_id("exec", &p.exec_id)?;
         let mut execs = self.execs();
         if execs.contains_key(&p.exec_id) {
             return Err(Error::AlreadyExists(format!(

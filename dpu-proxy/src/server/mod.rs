@@ -75,8 +75,8 @@ impl Agent {
         if cfg.listen.is_empty() {
             return Err(Error::InvalidArgument("no listen address".into()));
         }
-        std::fs::create_dir_all(&cfg.state_dir)
-            .map_err(Error::io(format!("create {}", cfg.state_dir.display())))?;
+        // Specs, exec processes and netns of every container: the agent's alone.
+        state::create_private_dir(&cfg.state_dir)?;
         let reaper = reaper::Reaper::start().map_err(Error::io("become child subreaper"))?;
         let cg = CgroupParent::new(
             cfg.cgroup_root.clone(),

@@ -59,7 +59,7 @@ impl PodRecord {
         let tmp = path.with_extension("tmp");
         let ok = serde_json::to_vec(self)
             .map_err(std::io::Error::other)
-            .and_then(|d| std::fs::write(&tmp, d))
+            .and_then(|d| super::state::write_private(&tmp, &d))
             .and_then(|_| std::fs::rename(&tmp, &path));
         if let Err(e) = ok {
             tracing::warn!(pod = %self.pod_id, "persist pod network: {e}");
@@ -152,7 +152,7 @@ impl Networks {
         let dir = state_dir.join("netns");
         let records = state_dir.join("pods");
         for d in [&dir, &records] {
-            std::fs::create_dir_all(d).map_err(Error::io(format!("create {}", d.display())))?;
+            super::state::create_private_dir(d)?;
         }
         Ok(Networks {
             dir,

@@ -13,6 +13,7 @@ use super::{
     events::{Event, EventKind, EventLog},
     executor::{Executor, IoPlan},
     process::{now_nanos, proc_start_time, Exit, Process, Status},
+    state,
 };
 use crate::{
     error::{Error, Result},
@@ -54,8 +55,7 @@ impl Runtime {
         events: Arc<EventLog>,
     ) -> Result<Arc<Self>> {
         let containers_dir = state_dir.join("containers");
-        std::fs::create_dir_all(&containers_dir)
-            .map_err(Error::io(format!("create {}", containers_dir.display())))?;
+        state::create_private_dir(&containers_dir)?;
         Ok(Arc::new(Runtime {
             containers_dir,
             exec,
@@ -165,14 +165,13 @@ impl Runtime {
         self.check_fits(reservation)?;
         let dir = self.containers_dir.join(id);
         let own_bundle = dir.join("bundle");
-        std::fs::create_dir_all(&own_bundle)
-            .map_err(Error::io(format!("create {}", own_bundle.display())))?;
+        state::create_private_dir(&own_bundle)?;
         let cleanup = |dir: &Path| {
             let _ = std::fs::remove_dir_all(dir);
         };
         let spec_bytes =
             serde_json::to_vec(&spec).map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        if let Err(e) = std::fs::write(own_bundle.join("config.json"), spec_bytes) {
+        if let Err(e) = state::write_private(&own_bundle.join("config.json"), &spec_bytes) {
             cleanup(&dir);
             return Err(Error::io("write adapted config.json")(e));
         }
@@ -323,7 +322,7 @@ impl Runtime {
         process["terminal"] = serde_json::json!(terminal);
         let file = c.dir.join(format!("exec-{exec_id}.json"));
         c.add_exec(Process::new(exec_id, stdin, terminal))?;
-        if let Err(e) = std::fs::write(&file, process.to_string()) {
+        if let Err(e) = state::write_private(&file, process.to_string().as_bytes()) {
             c.remove_exec(exec_id);
             return Err(Error::io("write exec process spec")(e));
         }
