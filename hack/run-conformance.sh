@@ -167,6 +167,7 @@ run_qemu_pass() {
     fi
     write_qemu_node_config
     PASS_ENV=(HETEROPOD_DPU_REMOTE=1 HETEROPOD_HOST_CPUS= "HETEROPOD_DPU_ENDPOINT=$QEMU_DPU_ENDPOINT"
+        "HETEROPOD_DPU_KEY_FILE=$QEMU_AGENT_KEY"
         "HETEROPOD_IVSHMEM_SLOTS_DIR=$QEMU_STATE/ivshmem-slots"
         "HETEROPOD_CLI=$CARGO_RELEASE_DIR/heteropod")
     run_pass "heteropod-qemu" heteropod 1 "" "${QEMU_PASS_TESTS[@]}" \

@@ -16,6 +16,12 @@ pub enum Error {
     DpuFull(String),
     #[error("failed precondition: {0}")]
     FailedPrecondition(String),
+    /// The node's policy does not allow what the request asks for.
+    #[error("not allowed by the DPU's policy: {0}")]
+    PermissionDenied(String),
+    /// The network handshake failed: wrong key, or not a HeteroPod agent.
+    #[error("DPU agent at {address}: authentication failed: {reason}")]
+    Unauthenticated { address: String, reason: String },
     #[error("DPU agent unreachable at {address}: {reason}")]
     DpuUnreachable { address: String, reason: String },
     #[error("DPU agent speaks API version {agent}, this client speaks {client}")]
@@ -52,6 +58,8 @@ impl Error {
             Error::NotFound(_) => Code::NOT_FOUND,
             Error::AlreadyExists(_) => Code::ALREADY_EXISTS,
             Error::DpuFull(_) => Code::RESOURCE_EXHAUSTED,
+            Error::PermissionDenied(_) => Code::PERMISSION_DENIED,
+            Error::Unauthenticated { .. } => Code::UNAUTHENTICATED,
             Error::FailedPrecondition(_) | Error::VersionMismatch { .. } => {
                 Code::FAILED_PRECONDITION
             }
@@ -74,6 +82,7 @@ impl Error {
                     Code::ALREADY_EXISTS => Error::AlreadyExists(message),
                     Code::RESOURCE_EXHAUSTED => Error::DpuFull(message),
                     Code::FAILED_PRECONDITION => Error::FailedPrecondition(message),
+                    Code::PERMISSION_DENIED => Error::PermissionDenied(message),
                     Code::DEADLINE_EXCEEDED => Error::Timeout(message),
                     Code::UNAVAILABLE => Error::DpuUnreachable {
                         address: address.to_string(),
@@ -137,6 +146,7 @@ mod tests {
             Error::DpuFull("memory".into()),
             Error::AlreadyExists("c1".into()),
             Error::FailedPrecondition("running".into()),
+            Error::PermissionDenied("hooks".into()),
         ] {
             let code = sut.code();
             let back = Error::from_ttrpc("unix:///x", sut.into());

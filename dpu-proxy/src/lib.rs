@@ -29,6 +29,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod client;
 pub mod error;
 pub mod ids;

@@ -76,6 +76,20 @@ impl Drop for Unmount {
     }
 }
 
+/// What user `nobody` gets back for a raw ttrpc Version request to `port`
+/// (the 9th byte of a reply is 2 when the agent answers).
+fn raw_version_as_nobody(port: u16) -> Vec<u8> {
+    let req =
+        r"\x00\x00\x00\x23\x00\x00\x00\x01\x01\x00\x0a\x18heteropod.agent.v1.Agent\x12\x07Version";
+    let script = r#"exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1; printf "$2" >&3; timeout 8 cat <&3"#;
+    std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(["bash", "-c", script, "_", &port.to_string(), req])
+        .output()
+        .expect("run setpriv bash")
+        .stdout
+}
+
 fn host_boot_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .unwrap()
@@ -104,7 +118,9 @@ async fn containers_run_on_the_guest_kernel_over_tcp() {
         &format!("agent up on {} (guest kernel {kernel})", guest.endpoint()),
     );
 
-    let agent = AgentClient::connect(&guest.endpoint()).await.unwrap();
+    let agent = AgentClient::connect_with_key(&guest.endpoint(), Some(&guest.key()))
+        .await
+        .unwrap();
     assert_eq!(agent.version().await.unwrap().api_version, API_VERSION);
     let cap = agent.capacity().await.unwrap();
     assert_eq!(cap.cpus, "0", "the guest's one core");
@@ -115,6 +131,17 @@ async fn containers_run_on_the_guest_kernel_over_tcp() {
         "QEMU_DPU_MEMORY reached the agent"
     );
     assert_eq!(cap.running_containers, 0);
+
+    // The issue's reproduction: any local user reaches the forwarded port,
+    // but an unauthenticated request is not answered.
+    progress(t0, "user nobody's raw ttrpc request to the forwarded port");
+    let reply = raw_version_as_nobody(guest.port);
+    assert!(
+        reply.starts_with(b"HPAUTH1\n") && reply.len() == 8 + 32,
+        "nobody got more than the challenge: {reply:02x?}"
+    );
+    let e = AgentClient::connect(&guest.endpoint()).await.err().unwrap();
+    assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
 
     progress(t0, "running `uname -r` in a container in the guest");
     let script = "uname -r; cat /proc/sys/kernel/random/boot_id";
@@ -154,6 +181,25 @@ async fn containers_run_on_the_guest_kernel_over_tcp() {
     let (_, status) = run(&agent, &guest, relative, "exit7", &["sh", "-c", "exit 7"]).await;
     assert_eq!(status, 7);
     assert_eq!(agent.capacity().await.unwrap().running_containers, 0);
+
+    progress(t0, "the guest's agent checks requests against its policy");
+    let dir = guest.share().join("bundles/hook");
+    bundle(&dir, &rootfs, &["true"]);
+    let path = dir.join("config.json");
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    spec["hooks"] = serde_json::json!({"prestart": [{"path": "/bin/sh"}]});
+    std::fs::write(&path, spec.to_string()).unwrap();
+    let req = heteropod_dpu_proxy::client::CreateContainerRequest {
+        id: "hook".into(),
+        bundle: dir.display().to_string(),
+        ..Default::default()
+    };
+    let e = agent.create_container(req).await.unwrap_err();
+    assert!(
+        matches!(&e, Error::PermissionDenied(m) if m.contains("hooks")),
+        "{e}"
+    );
 
     progress(t0, "stopping the guest");
     drop(agent);
@@ -283,7 +329,9 @@ async fn pci_pod_networks_get_their_slots_msix_eventfds_from_the_agent() {
         .unwrap_or_else(|| panic!("QEMU is not a peer: {peers:?}"))
         .id;
 
-    let agent = AgentClient::connect(&guest.endpoint()).await.unwrap();
+    let agent = AgentClient::connect_with_key(&guest.endpoint(), Some(&guest.key()))
+        .await
+        .unwrap();
     let bar = &settings["QEMU_GUEST_BAR"];
     let region = format!("{bar}@3/{slots}");
     progress(t0, &format!("CreatePodNetwork on {region}"));

@@ -1,6 +1,7 @@
 #!/bin/bash
 # The DPU in a QEMU guest: a Debian kernel, a busybox initramfs and
-# heteropod-dpu-proxy serving its API on tcp://127.0.0.1:$QEMU_AGENT_PORT.
+# heteropod-dpu-proxy serving its API on tcp://127.0.0.1:$QEMU_AGENT_PORT to
+# clients holding the node key ($QEMU_AGENT_KEY).
 #   guest.sh build    build (cached) kernel + initramfs from Debian packages
 #   guest.sh start    build, boot, wait until the agent answers (no-op if up)
 #   guest.sh stop     power off (by PID) and remove $QEMU_STATE
@@ -22,6 +23,15 @@ QEMU_SHARE_RW="${QEMU_SHARE_RW:-0}"
 # More host directories shared read-only at their own paths (colon separated).
 QEMU_EXTRA_SHARES="${QEMU_EXTRA_SHARES:-}"
 QEMU_AGENT_PORT="${QEMU_AGENT_PORT:-10020}"
+# The node key (0600, root's) both the guest's agent and its host clients
+# hold; made at start when missing. The forwarded port is open to every local
+# user: the key is what keeps them out.
+QEMU_AGENT_KEY="${QEMU_AGENT_KEY:-$QEMU_STATE/agent.key}"
+# The guest agent's [policy] (see README, "The agent's config"): bundles from
+# $QEMU_SHARE, bind mounts from $QEMU_EXTRA_SHARES; 1 allows privileged
+# containers / the guest's own network namespace.
+QEMU_DPU_PRIVILEGED="${QEMU_DPU_PRIVILEGED:-0}"
+QEMU_DPU_HOST_NETWORK="${QEMU_DPU_HOST_NETWORK:-0}"
 QEMU_MEM="${QEMU_MEM:-2G}"
 QEMU_CPUS="${QEMU_CPUS:-1}"
 # The agent's --memory (what DPU containers may use in the guest).
@@ -70,6 +80,7 @@ print_env() {
     printf '%s\n' "QEMU_DIR=$QEMU_DIR" "QEMU_STATE=$QEMU_STATE" "QEMU_SHARE=$QEMU_SHARE" \
         "QEMU_SHARE_RW=$QEMU_SHARE_RW" "QEMU_EXTRA_SHARES=$QEMU_EXTRA_SHARES" "QEMU_CGROUP_PARENT=$QEMU_CGROUP_PARENT" \
         "QEMU_AGENT_PORT=$QEMU_AGENT_PORT" "QEMU_AGENT_ENDPOINT=tcp://127.0.0.1:$QEMU_AGENT_PORT" \
+        "QEMU_AGENT_KEY=$QEMU_AGENT_KEY" \
         "QEMU_BUSYBOX=$busybox" "QEMU_CONSOLE=$QEMU_CONSOLE" \
         "QEMU_KERNEL_RELEASE=$(cat "$QEMU_STATE/kernel" 2>/dev/null)" \
         "QEMU_IVSHMEM=$QEMU_IVSHMEM" "QEMU_IVSHMEM_SOCKET=$QEMU_IVSHMEM_SOCKET" \

@@ -30,13 +30,15 @@ stage_binary() {
     done < <(ldd "$bin" 2>/dev/null | grep -o '/[^ ]*' | sort -u)
 }
 
-# Only what the guest needs: the agent, the relay, the tools it runs, libs.
+# Only what the guest needs: the agent, its config and key, the relay, the
+# tools it runs, libs.
 stage_sysroot() {
     local tool path real
     rm -rf "$QEMU_SYSROOT"
     mkdir -p "$QEMU_SYSROOT/usr/local/bin"
     [[ -x $QEMU_PROXY_BIN ]] || die "$QEMU_PROXY_BIN not built (make build)"
     stage_binary "$QEMU_PROXY_BIN" usr/local/bin/heteropod-dpu-proxy
+    stage_agent_config
     if [[ -x $QEMU_RELAY_BIN ]]; then
         stage_binary "$QEMU_RELAY_BIN" usr/local/bin/heteronet
     fi
@@ -50,6 +52,45 @@ stage_sysroot() {
         fi
         [[ $tool == iptables ]] && stage_xtables "$real"
     done
+}
+
+# The node key, made once per $QEMU_AGENT_KEY (0600, never replaced).
+ensure_agent_key() {
+    [[ -e $QEMU_AGENT_KEY ]] && return 0
+    mkdir -p "$(dirname "$QEMU_AGENT_KEY")"
+    "$QEMU_PROXY_BIN" --generate-key "$QEMU_AGENT_KEY" || die "cannot make the node key $QEMU_AGENT_KEY"
+}
+
+# TOML string array of the lines on stdin.
+toml_list() {
+    local line out=""
+    while read -r line; do
+        out+="${out:+, }\"$line\""
+    done
+    printf '[%s]\n' "$out"
+}
+
+# The guest agent's config (its [access] key and [policy]) and key, readable
+# by root only, in the sysroot it reads them from (/sysroot/etc/heteropod).
+stage_agent_config() {
+    local dir="$QEMU_SYSROOT/etc/heteropod"
+    ensure_agent_key
+    install -d -m 0700 "$dir"
+    install -m 0600 "$QEMU_AGENT_KEY" "$dir/agent.key"
+    (
+        umask 077
+        cat >"$dir/dpu-agent.toml" <<CFG
+# Written by hack/qemu/vm.sh for the DPU guest.
+[access]
+key_file = "/sysroot/etc/heteropod/agent.key"
+
+[policy]
+bundle_roots = ["$QEMU_SHARE"]
+mount_sources = $(extra_shares | toml_list)
+privileged = $([[ $QEMU_DPU_PRIVILEGED == 1 ]] && echo true || echo false)
+host_network = $([[ $QEMU_DPU_HOST_NETWORK == 1 ]] && echo true || echo false)
+CFG
+    )
 }
 
 # iptables' extensions (dlopened, so ldd does not name them), from the
@@ -80,18 +121,13 @@ qemu_pid() {
     printf '%s\n' "$pid"
 }
 
-# A ttrpc Version request (heteropod.agent.v1.Agent); the reply's 9th byte
-# is 2 (response). QEMU's forward accepts connections even while nothing
-# listens in the guest, so only a reply proves the agent is up.
+# Whether the agent answers on the forwarded port (as a client holding the
+# key: nothing else gets an answer). QEMU's forward accepts connections even
+# while nothing listens in the guest, so only a reply proves the agent is up.
 agent_answers() {
-    local req reply
-    req='\x00\x00\x00\x23\x00\x00\x00\x01\x01\x00'
-    req+='\x0a\x18heteropod.agent.v1.Agent\x12\x07Version'
-    # shellcheck disable=SC2016 # expanded by the inner bash
-    reply="$(timeout 5 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
-        printf "$2" >&3; head -c 10 <&3 | od -An -tx1' _ "$QEMU_AGENT_PORT" "$req" 2>/dev/null)"
-    read -r -a reply <<<"$reply"
-    [[ ${reply[8]:-} == 02 ]]
+    [[ -r $QEMU_AGENT_KEY ]] || return 1
+    timeout 10 "$QEMU_PROXY_BIN" --ping "tcp://127.0.0.1:$QEMU_AGENT_PORT" --config /dev/null \
+        --key-file "$QEMU_AGENT_KEY" >/dev/null 2>&1
 }
 
 # Arguments common to the probe and the real boot; $1 accel, $2 console file.

@@ -87,6 +87,9 @@ pub struct DpuConfig {
     pub enabled: bool,
     /// dpu-proxy endpoint, e.g. `unix:///run/heteropod/dpu-proxy.sock`.
     pub endpoint: String,
+    /// The node key (0600, root's) a `tcp://` or `vsock://` agent wants its
+    /// clients to hold; unused for Unix sockets (the agent checks our uid).
+    pub key_file: String,
     pub cores: u32,
     pub memory_mb: u64,
     /// The CPU-side HeteroNet relay binary (`heteronet`); empty: no relay, the
@@ -128,6 +131,7 @@ impl Default for DpuConfig {
         Self {
             enabled: false,
             endpoint: String::new(),
+            key_file: String::new(),
             cores: 0,
             memory_mb: 0,
             relay: "heteronet".into(),
@@ -142,6 +146,30 @@ impl Default for DpuConfig {
 }
 
 impl DpuConfig {
+    /// The node key file, if the config names one.
+    pub fn key_file(&self) -> Option<&std::path::Path> {
+        Some(std::path::Path::new(&self.key_file)).filter(|_| !self.key_file.is_empty())
+    }
+
+    /// A network endpoint needs the node key: say so at load, not at the
+    /// first Pod.
+    fn validate_key(&self) -> std::result::Result<(), String> {
+        if !self.key_file.is_empty() && !self.key_file.starts_with('/') {
+            return Err(format!("dpu.key_file {:?} must be absolute", self.key_file));
+        }
+        let network = ["tcp://", "vsock://"]
+            .iter()
+            .any(|s| self.endpoint.starts_with(s));
+        if self.enabled && network && self.key_file.is_empty() {
+            return Err(format!(
+                "dpu.endpoint {:?} is a network endpoint: the agent serves only clients holding \
+                 the node key, set dpu.key_file",
+                self.endpoint
+            ));
+        }
+        Ok(())
+    }
+
     /// The `link = "ivshmem"` keys, checked before any Pod needs them.
     fn validate_ivshmem(&self) -> std::result::Result<(), String> {
         if !self.ivshmem_socket.starts_with('/') {
@@ -258,6 +286,7 @@ impl Config {
         if self.dpu.link == LinkKind::Ivshmem {
             self.dpu.validate_ivshmem().map_err(bad)?;
         }
+        self.dpu.validate_key().map_err(bad)?;
         if !self.fastpath.library.starts_with('/') {
             return Err(bad(format!(
                 "fastpath.library {:?} must be absolute",
@@ -381,6 +410,26 @@ mod tests {
         }
         // Unused keys of another link kind are not checked.
         assert!(Config::parse("[dpu]\nguest_bar = \"x\"\n", "cfg").is_ok());
+    }
+
+    #[test]
+    fn network_endpoints_need_the_node_key() {
+        let tcp = "[dpu]\nenabled = true\nendpoint = \"tcp://127.0.0.1:10020\"\n";
+        let err = Config::parse(tcp, "cfg").unwrap_err().to_string();
+        assert!(err.contains("key_file"), "{err}");
+        let sut = Config::parse(
+            &format!("{tcp}key_file = \"/etc/heteropod/dpu.key\"\n"),
+            "cfg",
+        )
+        .unwrap();
+        assert_eq!(
+            sut.dpu.key_file(),
+            Some(std::path::Path::new("/etc/heteropod/dpu.key"))
+        );
+        assert!(Config::parse(&format!("{tcp}key_file = \"rel.key\"\n"), "cfg").is_err());
+        // Unix sockets check the peer's uid instead.
+        let unix = "[dpu]\nenabled = true\nendpoint = \"unix:///run/a.sock\"\n";
+        assert_eq!(Config::parse(unix, "cfg").unwrap().dpu.key_file(), None);
     }
 
     #[test]

@@ -38,7 +38,7 @@ pub async fn resolve(
         _ if !config.dpu.enabled => return Ok(Placement::Cpu),
         soft => soft,
     };
-    let room = room(id, &config.dpu.endpoint).await?;
+    let room = room(id, &config.dpu).await?;
     let placement = match soft {
         Intent::Auto { .. } => plan_one(id, demand, room)?,
         _ => fits(demand, room),
@@ -54,13 +54,16 @@ pub async fn resolve(
     Ok(placement)
 }
 
-async fn room(id: &str, endpoint: &str) -> Result<DpuRoom> {
+async fn room(id: &str, dpu: &crate::config::DpuConfig) -> Result<DpuRoom> {
+    let endpoint = dpu.endpoint.as_str();
     let unreachable = |e: heteropod_dpu_proxy::Error| {
         Error::FailedPrecondition(format!(
             "container {id} may go to the DPU, but the DPU agent at {endpoint} is unreachable: {e}"
         ))
     };
-    let agent = AgentClient::connect(endpoint).await.map_err(unreachable)?;
+    let agent = AgentClient::connect_with_key(endpoint, dpu.key_file())
+        .await
+        .map_err(unreachable)?;
     let c = agent.capacity().await.map_err(unreachable)?;
     Ok(DpuRoom {
         total: Resources {

@@ -35,6 +35,9 @@ const MARKER_FILE: &str = "dpu-pod-network.json";
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 struct Marker {
     endpoint: String,
+    /// The node key a network agent wants (empty: none).
+    #[serde(default)]
+    key_file: String,
     pod_id: String,
     relay_pid: u32,
     region: String,
@@ -168,6 +171,7 @@ pub async fn dpu_half(
     if let Some(bundle) = sandbox_bundle {
         let marker = Marker {
             endpoint: config.dpu.endpoint.clone(),
+            key_file: config.dpu.key_file.clone(),
             pod_id: pod_id.clone(),
             relay_pid: net.relay.as_ref().map_or(0, RelaySupervisor::pid),
             region: net_spec.region.clone(),
@@ -224,7 +228,8 @@ pub async fn cleanup(bundle: &Path) -> Result<()> {
         &PodNetworkSpec::new(&marker.pod_id, "", "").stats_socket,
     ));
     let lease = ivshmem_slots::lease_of_region(&marker.region, &marker.pod_id);
-    let agent = AgentClient::connect(&marker.endpoint).await?;
+    let key_file = Some(Path::new(&marker.key_file)).filter(|_| !marker.key_file.is_empty());
+    let agent = AgentClient::connect_with_key(&marker.endpoint, key_file).await?;
     match agent.destroy_pod_network(&marker.pod_id).await {
         Ok(()) | Err(heteropod_dpu_proxy::Error::NotFound(_)) => {}
         Err(e) => return Err(e.into()),
@@ -292,12 +297,14 @@ impl PodNetwork {
         slot: Option<SlotLease>,
     ) -> Result<Self> {
         let (endpoint, relay_bin) = (dpu.endpoint.as_str(), dpu.relay.as_str());
-        let agent = AgentClient::connect(endpoint).await.map_err(|e| {
-            Error::FailedPrecondition(format!(
-                "Pod {}: the DPU agent at {endpoint} is unreachable: {e}",
-                spec.pod_id
-            ))
-        })?;
+        let agent = AgentClient::connect_with_key(endpoint, dpu.key_file())
+            .await
+            .map_err(|e| {
+                Error::FailedPrecondition(format!(
+                    "Pod {}: the DPU agent at {endpoint} is unreachable: {e}",
+                    spec.pod_id
+                ))
+            })?;
         let (a, dir) = (agent.clone(), PathBuf::from(&dpu.orphans_dir));
         tokio::spawn(async move { orphans::remove_leftovers(&dir, &a).await });
         let marker: Arc<Mutex<Option<(PathBuf, Marker)>>> = Arc::default();
@@ -466,6 +473,7 @@ mod tests {
         let lease = SlotLease::acquire(&slots, 8, "pod").unwrap();
         let marker = Marker {
             endpoint: "tcp://127.0.0.1:1".into(),
+            key_file: String::new(),
             pod_id: "pod".into(),
             relay_pid: 0,
             region: lease.window(&format!("ivshmem:{}", socket.display())),

@@ -17,6 +17,10 @@ pub struct SourceArgs {
     /// DPU agent endpoint (`unix:///path`, `tcp://host:port`, `vsock://cid:port`); overrides the config.
     #[arg(long, value_name = "URL")]
     endpoint: Option<String>,
+    /// The node key a network agent (`tcp://`, `vsock://`) wants its clients
+    /// to hold; overrides the config's `[dpu] key_file`.
+    #[arg(long, value_name = "PATH", env = "HETEROPOD_DPU_KEY_FILE")]
+    key_file: Option<PathBuf>,
     /// containerd's CRI socket.
     #[arg(
         long,
@@ -39,8 +43,13 @@ impl SourceArgs {
             Some(e) => Some(e.clone()),
             None => node::dpu_endpoint(&self.config)?,
         };
+        let key_file = match &self.key_file {
+            Some(k) => Some(k.clone()),
+            None => node::dpu_key_file(&self.config)?,
+        };
         Ok(Sources {
             endpoint,
+            key_file,
             cri_socket: cri::socket_path(&self.cri_endpoint),
             runtime_handler: self.runtime_handler.clone(),
             relay_stats_dir: self.relay_stats_dir.clone(),

@@ -37,8 +37,8 @@ impl Default for Capacity {
 }
 
 /// Asks the agent at `endpoint`; the error is a sentence for operators.
-pub async fn query(endpoint: &str) -> Result<DpuView, String> {
-    let agent = AgentClient::connect(endpoint)
+pub async fn query(endpoint: &str, key_file: Option<&std::path::Path>) -> Result<DpuView, String> {
+    let agent = AgentClient::connect_with_key(endpoint, key_file)
         .await
         .map_err(|e| format!("cannot reach the agent at {endpoint}: {e}"))?;
     let cap = agent

@@ -20,6 +20,8 @@ pub mod render;
 pub struct Sources {
     /// The DPU agent's endpoint; `None` when none is configured.
     pub endpoint: Option<String>,
+    /// The node key network agents want.
+    pub key_file: Option<PathBuf>,
     /// containerd's CRI socket.
     pub cri_socket: PathBuf,
     /// Sandboxes of this runtime handler are HeteroPod Pods.
@@ -119,7 +121,7 @@ pub struct Relay {
 pub async fn gather(src: &Sources) -> Snapshot {
     let mut warnings = Vec::new();
     let dpu = match &src.endpoint {
-        Some(ep) => dpu::query(ep).await,
+        Some(ep) => dpu::query(ep, src.key_file.as_deref()).await,
         None => Err("no DPU agent endpoint is configured".to_string()),
     };
     let (dpu_status, dpu_view) = match dpu {

@@ -7,6 +7,17 @@ use anyhow::{Context, Result};
 
 /// `None` when the file is missing or names no endpoint.
 pub fn dpu_endpoint(config: &Path) -> Result<Option<String>> {
+    dpu_key(config, "endpoint")
+}
+
+/// The node key a network agent wants (`[dpu] key_file`); `None` when the
+/// file is missing or names none.
+pub fn dpu_key_file(config: &Path) -> Result<Option<std::path::PathBuf>> {
+    Ok(dpu_key(config, "key_file")?.map(Into::into))
+}
+
+/// A non-empty string of the `[dpu]` table.
+fn dpu_key(config: &Path, key: &str) -> Result<Option<String>> {
     let text = match std::fs::read_to_string(config) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -14,13 +25,13 @@ pub fn dpu_endpoint(config: &Path) -> Result<Option<String>> {
     };
     let doc: toml::Table = toml::from_str(&text)
         .map_err(|e| anyhow::anyhow!("{}: {}", config.display(), e.message()))?;
-    let endpoint = doc
+    let value = doc
         .get("dpu")
-        .and_then(|d| d.get("endpoint"))
+        .and_then(|d| d.get(key))
         .and_then(|e| e.as_str())
         .filter(|e| !e.is_empty())
         .map(str::to_string);
-    Ok(endpoint)
+    Ok(value)
 }
 
 #[cfg(test)]
@@ -40,8 +51,10 @@ mod tests {
             dpu_endpoint(&path).unwrap().as_deref(),
             Some("unix:///run/x.sock")
         );
-        std::fs::write(&path, "[dpu]\nendpoint = \"\"\n").unwrap();
+        assert_eq!(dpu_key_file(&path).unwrap(), None);
+        std::fs::write(&path, "[dpu]\nendpoint = \"\"\nkey_file = \"/k\"\n").unwrap();
         assert_eq!(dpu_endpoint(&path).unwrap(), None);
+        assert_eq!(dpu_key_file(&path).unwrap(), Some("/k".into()));
         assert_eq!(dpu_endpoint(&dir.path().join("absent")).unwrap(), None);
     }
 }

@@ -77,11 +77,17 @@ impl Node {
             .prefix("hpc")
             .tempdir_in("/tmp")
             .unwrap();
+        // The agent makes its socket's directory (0700) itself.
         let sock_dir = dir.path().join("q\"b\\s");
         let stats_dir = dir.path().join("stats");
-        for d in [&sock_dir, &stats_dir] {
-            std::fs::create_dir_all(d).unwrap();
-        }
+        std::fs::create_dir_all(&stats_dir).unwrap();
+        // The test's bundle and rootfs are under its directory.
+        let config = dir.path().join("agent.toml");
+        std::fs::write(
+            &config,
+            format!("[policy]\nbundle_roots = [{:?}]\n", dir.path()),
+        )
+        .unwrap();
         let endpoint = format!("unix://{}/agent.sock", sock_dir.display());
         let parent = format!("hp-cli-test-{name}-{}", std::process::id());
         let relay = fake_relay(dir.path(), "dpu", DPU_STATS);
@@ -94,6 +100,8 @@ impl Node {
             .args(["--memory", "512M", "--cgroup-parent", &parent])
             .arg("--relay")
             .arg(&relay)
+            .arg("--config")
+            .arg(&config)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -198,6 +206,8 @@ impl Node {
         spec["process"]["terminal"] = json!(false);
         spec["root"] = json!({"path": rootfs, "readonly": true});
         spec["linux"]["resources"] = resources;
+        // runc spec's rule, as in every CRI spec: no host devices.
+        spec["linux"]["resources"]["devices"] = json!([{"allow": false, "access": "rwm"}]);
         spec["annotations"] = json!({
             "io.kubernetes.cri.sandbox-id": POD,
             "io.kubernetes.cri.container-name": "envoy",

@@ -4,8 +4,10 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Parser;
 use heteropod_dpu_proxy::{
-    server::{self, Agent, Config},
+    auth::AuthKey,
+    server::{self, Agent, AgentFile, Config},
     transport::Endpoint,
+    AgentClient, DpuAgent,
 };
 
 /// Runs containers on the DPU cores with runc and serves the agent API.
@@ -39,10 +41,26 @@ struct Args {
     /// The heteronet relay binary; without it no relay is spawned.
     #[arg(long)]
     relay: Option<PathBuf>,
+    /// The agent's config file: `[access]` (key file, Unix-socket users) and
+    /// `[policy]` (what containers may ask for); absent at the default path:
+    /// the defaults.
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// The node key file; overrides the config's `[access] key_file`.
+    #[arg(long, value_name = "PATH")]
+    key_file: Option<PathBuf>,
     /// Do not serve: remove everything an agent with these settings made
     /// (containers, relays, netns, cgroups, state dir). Stop the agent first.
     #[arg(long)]
     cleanup: bool,
+    /// Do not serve: write a new node key to PATH (mode 0600; never replaces
+    /// a file) for `[access] key_file` here and `[dpu] key_file` in the shim's config.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["cleanup", "ping"])]
+    generate_key: Option<PathBuf>,
+    /// Do not serve: connect to URL as a client (network transports with the
+    /// config's key file) and exit 0 once the agent there answers.
+    #[arg(long, value_name = "URL", conflicts_with = "cleanup")]
+    ping: Option<String>,
 }
 
 fn parse_size(s: &str) -> Result<u64> {
@@ -68,6 +86,23 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    if let Some(path) = &args.generate_key {
+        AuthKey::generate(path)?;
+        return Ok(());
+    }
+    let mut file = match &args.config {
+        Some(p) => AgentFile::load(p, true)?,
+        None => AgentFile::load(std::path::Path::new(server::DEFAULT_CONFIG_FILE), false)?,
+    };
+    if let Some(k) = &args.key_file {
+        file.access.key_file = Some(k.clone());
+    }
+    if let Some(url) = &args.ping {
+        let agent = AgentClient::connect_with_key(url, file.access.key_file.as_deref()).await?;
+        let v = agent.version().await?;
+        println!("{url}: agent {} (API {})", v.agent_version, v.api_version);
+        return Ok(());
+    }
     let listen = args
         .listen
         .iter()
@@ -82,6 +117,8 @@ async fn main() -> Result<()> {
         cpus: args.cpus.unwrap_or_else(server::last_core),
         memory_bytes: parse_size(&args.memory)?,
         relay: args.relay,
+        access: file.access()?,
+        policy: file.policy,
     };
     if args.cleanup {
         let problems = server::cleanup(&cfg);

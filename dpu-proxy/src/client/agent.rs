@@ -1,5 +1,6 @@
 //! `DpuAgent` and its ttrpc implementation.
 use std::{
+    path::{Path, PathBuf},
     sync::{Arc, RwLock},
     time::Duration,
 };
@@ -10,6 +11,7 @@ use ttrpc::context::{self, Context};
 
 use super::*;
 use crate::{
+    auth::AuthKey,
     error::{Error, Result},
     proto as pb,
     transport::Endpoint,
@@ -70,6 +72,7 @@ pub trait DpuAgent: Send + Sync {
 #[derive(Clone)]
 pub struct AgentClient {
     address: String,
+    key_file: Option<PathBuf>,
     raw: Arc<RwLock<pb::RawAgentClient>>,
 }
 
@@ -94,12 +97,22 @@ fn ctr_req(id: &str) -> pb::ContainerRequest {
 
 impl AgentClient {
     /// Connects to `url` (`unix:///path`, `tcp://host:port`, `vsock://cid:port`)
-    /// and checks the agent speaks [`API_VERSION`].
+    /// and checks the agent speaks [`API_VERSION`]. Unix sockets only: network
+    /// transports need the node key ([`AgentClient::connect_with_key`]).
     pub async fn connect(url: &str) -> Result<AgentClient> {
+        Self::connect_with_key(url, None).await
+    }
+
+    /// Like [`AgentClient::connect`]; network transports authenticate with
+    /// the key in `key_file` (read again at every reconnect, so a new key
+    /// takes effect without a restart). Unix sockets ignore it.
+    pub async fn connect_with_key(url: &str, key_file: Option<&Path>) -> Result<AgentClient> {
         let ep: Endpoint = url.parse()?;
-        let raw = Self::dial(&ep, url).await?;
+        let key_file = key_file.map(Path::to_path_buf);
+        let raw = Self::dial(&ep, key_file.as_deref()).await?;
         let c = AgentClient {
             address: ep.to_string(),
+            key_file,
             raw: Arc::new(RwLock::new(raw)),
         };
         c.check_version().await?;
@@ -111,7 +124,10 @@ impl AgentClient {
         let ep: Endpoint = self.address.parse()?;
         let fresh = AgentClient {
             address: self.address.clone(),
-            raw: Arc::new(RwLock::new(Self::dial(&ep, &self.address).await?)),
+            key_file: self.key_file.clone(),
+            raw: Arc::new(RwLock::new(
+                Self::dial(&ep, self.key_file.as_deref()).await?,
+            )),
         };
         fresh.check_version().await?;
         let raw = fresh.raw();
@@ -130,14 +146,21 @@ impl AgentClient {
         Ok(())
     }
 
-    async fn dial(ep: &Endpoint, url: &str) -> Result<pb::RawAgentClient> {
-        let client = match ep {
-            Endpoint::Vsock(..) => ttrpc::r#async::Client::connect(url)
-                .await
-                .map_err(|e| Error::from_ttrpc(url, e))?,
-            _ => ttrpc::r#async::Client::new(ep.connect(CONNECT_TIMEOUT).await?),
+    async fn dial(ep: &Endpoint, key_file: Option<&Path>) -> Result<pb::RawAgentClient> {
+        let key = match key_file.filter(|_| ep.is_network()) {
+            Some(path) => Some(AuthKey::load(path).map_err(|e| Error::Unauthenticated {
+                address: ep.to_string(),
+                reason: e.to_string(),
+            })?),
+            None => None,
         };
-        Ok(pb::RawAgentClient::new(client))
+        let socket = ep.connect(CONNECT_TIMEOUT, key.as_ref()).await?;
+        Ok(pb::RawAgentClient::new(ttrpc::r#async::Client::new(socket)))
+    }
+
+    /// The key file network connections authenticate with, if any.
+    pub fn key_file(&self) -> Option<&Path> {
+        self.key_file.as_deref()
     }
 
     pub fn address(&self) -> &str {

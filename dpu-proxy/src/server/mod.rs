@@ -2,11 +2,13 @@
 //! the ttrpc listeners.
 mod cgroup;
 mod cleanup;
+mod config_file;
 mod console;
 mod container;
 mod events;
 mod executor;
 mod network;
+mod policy;
 mod process;
 mod reaper;
 mod restore;
@@ -21,13 +23,15 @@ use std::{path::PathBuf, sync::Arc};
 
 pub use cgroup::{parse_cpuset, CgroupParent, Reservation};
 pub use cleanup::cleanup;
+pub use config_file::{AccessConfig, AgentFile, DEFAULT_CONFIG_FILE};
 pub use executor::{Executor, RuncExecutor};
 pub use network::POD_DEVICE;
+pub use policy::{Policy, DEFAULT_CAPABILITIES};
 pub use runtime::Runtime;
 
 use crate::{
     error::{Error, Result},
-    transport::Endpoint,
+    transport::{Access, Endpoint},
 };
 
 /// Default listening socket of the emulated DPU.
@@ -51,6 +55,10 @@ pub struct Config {
     pub memory_bytes: u64,
     /// The `heteronet` relay binary; no relay is spawned without it.
     pub relay: Option<PathBuf>,
+    /// Who may connect.
+    pub access: Access,
+    /// What containers may ask for.
+    pub policy: Policy,
 }
 
 /// The last online core: the emulated DPU's default.
@@ -75,6 +83,15 @@ impl Agent {
         if cfg.listen.is_empty() {
             return Err(Error::InvalidArgument("no listen address".into()));
         }
+        if let Some(ep) = cfg.listen.iter().find(|e| e.is_network()) {
+            if cfg.access.key.is_none() {
+                return Err(Error::InvalidArgument(format!(
+                    "listen on {ep}: a network listener needs the node key ([access] key_file); \
+                     the agent serves no unauthenticated network transport"
+                )));
+            }
+        }
+        cfg.policy.validate()?;
         // Specs, exec processes and netns of every container: the agent's alone.
         state::create_private_dir(&cfg.state_dir)?;
         let reaper = reaper::Reaper::start().map_err(Error::io("become child subreaper"))?;
@@ -93,7 +110,7 @@ impl Agent {
         ));
         let instance = format!("{}-{}", std::process::id(), process::now_nanos());
         let events = Arc::new(events::EventLog::new(instance));
-        let runtime = Runtime::new(&cfg.state_dir, exec, cg.clone(), events)?;
+        let runtime = Runtime::new(&cfg.state_dir, exec, cg.clone(), events, cfg.policy.clone())?;
         runtime.restore().await;
         let networks = Arc::new(network::Networks::new(
             &cfg.state_dir,
@@ -108,7 +125,7 @@ impl Agent {
         });
         let mut servers = Vec::new();
         for ep in &cfg.listen {
-            let listener = ep.listen().await?;
+            let listener = ep.listen(&cfg.access).await?;
             let mut server = ttrpc::r#async::Server::new()
                 .add_listener(listener)
                 .register_service(crate::proto::create_agent(service.clone()));

@@ -32,6 +32,9 @@ use crate::{
 pub const POD_DEVICE: &str = "hp-pod0";
 /// Peer of [`POD_DEVICE`] when it has to be a veth.
 const POD_PEER: &str = "hp-pod0-peer";
+/// Under the state dir: the Pod network namespaces the agent makes (the
+/// only ones a container may join by path).
+pub const NETNS_DIR: &str = "netns";
 const RELAY_RESTART_DELAY: Duration = Duration::from_millis(500);
 const RELAY_STOP_GRACE: Duration = Duration::from_secs(3);
 /// A relay that does not answer for its counters within this is reported without them.
@@ -149,7 +152,7 @@ impl Networks {
         reaper: Arc<Reaper>,
         cg: super::CgroupParent,
     ) -> Result<Self> {
-        let dir = state_dir.join("netns");
+        let dir = state_dir.join(NETNS_DIR);
         let records = state_dir.join("pods");
         for d in [&dir, &records] {
             super::state::create_private_dir(d)?;

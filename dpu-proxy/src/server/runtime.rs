@@ -12,6 +12,7 @@ use super::{
     container::Container,
     events::{Event, EventKind, EventLog},
     executor::{Executor, IoPlan},
+    policy::Policy,
     process::{now_nanos, proc_start_time, Exit, Process, Status},
     state,
 };
@@ -27,6 +28,9 @@ const DELETE_EXIT_WAIT: Duration = Duration::from_secs(10);
 
 pub struct Runtime {
     pub(crate) containers_dir: PathBuf,
+    state_dir: PathBuf,
+    /// What containers may ask for on this DPU.
+    pub(crate) policy: Policy,
     pub(crate) exec: Arc<dyn Executor>,
     pub(crate) cgroup: CgroupParent,
     pub events: Arc<EventLog>,
@@ -53,11 +57,14 @@ impl Runtime {
         exec: Arc<dyn Executor>,
         cgroup: CgroupParent,
         events: Arc<EventLog>,
+        policy: Policy,
     ) -> Result<Arc<Self>> {
         let containers_dir = state_dir.join("containers");
         state::create_private_dir(&containers_dir)?;
         Ok(Arc::new(Runtime {
             containers_dir,
+            state_dir: state_dir.to_path_buf(),
+            policy,
             exec,
             cgroup,
             events,
@@ -155,7 +162,16 @@ impl Runtime {
             reservation,
             terminal: spec_terminal,
             cri,
-        } = super::spec::adapt(&bundle, id, &self.cgroup)?;
+        } = super::spec::adapt(
+            &bundle,
+            id,
+            &self.cgroup,
+            &self.policy,
+            &super::spec::Own {
+                state_dir: &self.state_dir,
+                netns_dir: &self.state_dir.join(super::network::NETNS_DIR),
+            },
+        )?;
         let terminal = terminal || spec_terminal;
         // runc makes the terminal in the container and sends it over the
         // console socket, which it accepts only with `terminal: true`.
@@ -317,6 +333,7 @@ impl Runtime {
                 "exec process spec has no args".into(),
             ));
         }
+        self.policy.check_process(&process)?;
         // runc makes the terminal (see `create`); spec and request agree.
         let terminal = terminal || process["terminal"].as_bool() == Some(true);
         process["terminal"] = serde_json::json!(terminal);

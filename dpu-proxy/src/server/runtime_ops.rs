@@ -44,6 +44,7 @@ impl Runtime {
         let c = self.get(id)?;
         let res: serde_json::Value = serde_json::from_slice(resources_json)
             .map_err(|e| Error::InvalidArgument(format!("resources: {e}")))?;
+        self.policy.check_update(&res)?;
         if let Some(cpus) = res["cpu"]["cpus"].as_str().filter(|s| !s.is_empty()) {
             if !super::cgroup::parse_cpuset(cpus)?.is_subset(&self.cgroup.cores) {
                 return Err(Error::InvalidArgument(format!(

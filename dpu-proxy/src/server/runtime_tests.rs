@@ -7,6 +7,7 @@ use super::{
     cgroup::CgroupParent,
     events::{EventKind, EventLog},
     fake::FakeExecutor,
+    policy::Policy,
     process::Status,
     runtime::Runtime,
 };
@@ -21,11 +22,16 @@ struct Fixture {
 fn runtime(dir: &Path, fake: Arc<FakeExecutor>) -> Arc<Runtime> {
     // A cgroup root with nothing in it: usage reads as zero.
     let cg = CgroupParent::new(dir.join("cgroup"), "dpu".into(), "0-1", 100 << 20).unwrap();
+    let policy = Policy {
+        bundle_roots: vec![dir.join("bundles")],
+        ..Policy::default()
+    };
     Runtime::new(
         &dir.join("state"),
         fake,
         cg,
         Arc::new(EventLog::new("t".into())),
+        policy,
     )
     .unwrap()
 }
@@ -38,10 +44,17 @@ impl Fixture {
         Fixture { dir, fake, sut }
     }
 
-    fn bundle(&self, id: &str, resources: serde_json::Value) -> String {
+    fn bundle(&self, id: &str, mut resources: serde_json::Value) -> String {
+        resources["devices"] = json!([{"allow": false, "access": "rwm"}]);
         let b = self.dir.path().join("bundles").join(id);
         std::fs::create_dir_all(b.join("rootfs")).unwrap();
-        let spec = json!({"root": {"path": "rootfs"}, "process": {"args": ["x"]}, "linux": {"resources": resources}});
+        // What `runc spec` gives, so the node's policy lets it through.
+        let spec = json!({"root": {"path": "rootfs"}, "process": {"args": ["x"]}, "linux": {
+            "resources": resources,
+            "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"},
+                           {"type": "uts"}, {"type": "mount"}],
+            "maskedPaths": ["/proc/kcore", "/proc/keys", "/proc/timer_list", "/sys/firmware"],
+            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]}});
         std::fs::write(b.join("config.json"), spec.to_string()).unwrap();
         b.display().to_string()
     }

@@ -55,6 +55,8 @@ pub struct Harness {
     pub cpus: String,
     pub extra_args: Vec<String>,
     pub listen: String,
+    /// The agent's config file (`--config`): written at each start.
+    pub config: String,
     agent: Option<Child>,
 }
 
@@ -66,8 +68,12 @@ impl Harness {
             .unwrap();
         make_rootfs(&dir.path().join("rootfs"));
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
-        let listen = format!("unix://{}/agent.sock", dir.path().display());
+        // The agent makes the socket's directory (0700) itself.
+        let listen = format!("unix://{}/run/agent.sock", dir.path().display());
+        // Bundles and the shared rootfs live in the test's directory.
+        let config = format!("[policy]\nbundle_roots = [{:?}]\n", dir.path());
         Harness {
+            config,
             parent: format!("hp-dpu-test-{name}-{}-{n}", std::process::id()),
             cpus: last_core(),
             dir,
@@ -79,6 +85,10 @@ impl Harness {
 
     pub fn state_dir(&self) -> PathBuf {
         self.dir.path().join("state")
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("agent.toml")
     }
 
     pub fn runc_root(&self) -> PathBuf {
@@ -94,7 +104,20 @@ impl Harness {
 
     /// Starts the agent and returns a connected client.
     pub async fn start_agent(&mut self) -> AgentClient {
+        self.spawn_agent();
+        for _ in 0..200 {
+            if let Ok(c) = AgentClient::connect(&self.listen).await {
+                return c;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("agent did not come up; log:\n{}", self.agent_log());
+    }
+
+    /// Starts the agent without waiting for it.
+    pub fn spawn_agent(&mut self) {
         assert!(self.agent.is_none(), "agent already running");
+        std::fs::write(self.config_path(), &self.config).unwrap();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -112,6 +135,8 @@ impl Harness {
                 "--cgroup-parent",
                 &self.parent,
             ])
+            .arg("--config")
+            .arg(self.config_path())
             .args(&self.extra_args)
             .env("HETEROPOD_LOG", "debug")
             .stdin(Stdio::null())
@@ -120,13 +145,13 @@ impl Harness {
             .spawn()
             .unwrap();
         self.agent = Some(child);
-        for _ in 0..200 {
-            if let Ok(c) = AgentClient::connect(&self.listen).await {
-                return c;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("agent did not come up; log:\n{}", self.agent_log());
+    }
+
+    /// Whether the agent process is still running (not exited).
+    pub fn agent_running(&mut self) -> bool {
+        self.agent
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
     }
 
     pub fn agent_log(&self) -> String {
@@ -171,6 +196,10 @@ impl Harness {
         spec["process"]["terminal"] = json!(terminal);
         spec["root"] = json!({"path": self.dir.path().join("rootfs"), "readonly": true});
         spec["linux"]["resources"] = resources;
+        // runc spec's rule, as in every CRI spec: no host devices.
+        if spec["linux"]["resources"]["devices"].is_null() {
+            spec["linux"]["resources"]["devices"] = json!([{"allow": false, "access": "rwm"}]);
+        }
         // As containerd's CRI plugin names them.
         spec["annotations"] = json!({
             "io.kubernetes.cri.sandbox-id": TEST_POD,

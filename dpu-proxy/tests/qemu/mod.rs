@@ -105,6 +105,11 @@ impl Guest {
         format!("tcp://127.0.0.1:{}", self.port)
     }
 
+    /// The node key guest.sh made (`QEMU_AGENT_KEY`'s default).
+    pub fn key(&self) -> PathBuf {
+        self.state.join("agent.key")
+    }
+
     /// Read-only in the guest, at the same path: bundles and rootfs.
     pub fn share(&self) -> PathBuf {
         self.state.join("share")

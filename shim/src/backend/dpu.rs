@@ -40,8 +40,9 @@ const RECONNECT_ATTEMPTS: u32 = 30;
 const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
 /// Exit status reported when the agent lost track of a process.
 const LOST_STATUS: u32 = 255;
-/// Written in the bundle at Create: which agent runs the container, for
-/// `shim delete` after the shim died.
+/// Written in the bundle at Create: which agent runs the container (and, on
+/// a second line, the key file a network agent wants), for `shim delete`
+/// after the shim died.
 const ENDPOINT_FILE: &str = "dpu-endpoint";
 
 pub struct DpuBackend {
@@ -66,7 +67,7 @@ impl DpuBackend {
                 "container {id} is placed on the DPU but the node config sets no [dpu] endpoint"
             )));
         }
-        let agent = AgentClient::connect(endpoint).await.map_err(|e| {
+        let agent = AgentClient::connect_with_key(endpoint, dpu.key_file()).await.map_err(|e| {
             Error::FailedPrecondition(format!(
                 "container {id} is placed on the DPU but the DPU agent at {endpoint} is unreachable: {e}"
             ))
@@ -263,11 +264,13 @@ async fn write_reason(fifo: &str, reason: &str) {
 /// `shim delete` for a container the dead shim ran on the DPU: `Ok(false)`
 /// when the bundle shows none.
 pub async fn cleanup(id: &str, bundle: &Path) -> Result<bool> {
-    let Ok(endpoint) = std::fs::read_to_string(bundle.join(ENDPOINT_FILE)) else {
+    let Ok(marker) = std::fs::read_to_string(bundle.join(ENDPOINT_FILE)) else {
         return Ok(false);
     };
+    let mut lines = marker.lines().map(str::trim);
     let dpu = DpuConfig {
-        endpoint: endpoint.trim().to_string(),
+        endpoint: lines.next().unwrap_or_default().to_string(),
+        key_file: lines.next().unwrap_or_default().to_string(),
         ..DpuConfig::default()
     };
     let backend = match DpuBackend::connect(id, bundle, &dpu).await {
@@ -304,7 +307,9 @@ impl Backend for DpuBackend {
             }
         };
         let marker = self.bundle.join(ENDPOINT_FILE);
-        if let Err(e) = std::fs::write(&marker, &self.endpoint) {
+        let key_file = self.agent.key_file().map(|p| p.display().to_string());
+        let text = format!("{}\n{}\n", self.endpoint, key_file.unwrap_or_default());
+        if let Err(e) = std::fs::write(&marker, text) {
             tracing::warn!(container = %self.id, "write {}: {e}", marker.display());
         }
         let oom_watch = self.watch_oom(spec.on_oom);

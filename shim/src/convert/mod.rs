@@ -88,6 +88,8 @@ impl From<heteropod_dpu_proxy::Error> for Error {
             A::FailedPrecondition(m) => Error::FailedPrecondition(format!("on the DPU: {m}")),
             A::Timeout(m) => Error::DeadlineExceeded(format!("DPU agent: {m}")),
             A::DpuFull(m) => Error::ResourceExhausted(format!("DPU full: {m}")),
+            // The DPU's node policy refuses it: the Pod cannot run there as asked.
+            A::PermissionDenied(m) => Error::FailedPrecondition(format!("on the DPU: {m}")),
             A::DpuUnreachable { address, reason } => {
                 Error::FailedPrecondition(format!("DPU agent unreachable at {address}: {reason}"))
             }
