@@ -66,6 +66,8 @@ pub enum Error {
     Doorbell(#[source] io::Error),
     #[error("mux protocol: {0}")]
     Protocol(&'static str),
+    #[error("limit reached: {0}")]
+    Limit(&'static str),
     #[error("peer gone")]
     PeerGone,
     #[error("mux closed")]

@@ -80,6 +80,10 @@ struct Args {
     /// Create the region on this side (default: cpu creates, dpu connects).
     #[arg(long)]
     create: Option<bool>,
+    /// Connections (streams) open at once across the link; the peer's opens
+    /// beyond it are refused with a reset.
+    #[arg(long, default_value_t = heteronet::MuxConfig::default().max_streams)]
+    max_streams: usize,
 }
 
 /// Raises the open-file soft limit to the hard limit: every relayed connection
@@ -177,6 +181,10 @@ fn main() -> Result<()> {
         stats_socket: a.stats_socket,
         udp_forward: a.udp_forward,
         poll_interval: Duration::from_millis(a.poll_ms.max(10)),
+        mux: heteronet::MuxConfig {
+            max_streams: a.max_streams.max(1),
+            ..Default::default()
+        },
         create: a.create.unwrap_or(relay::session::default_create(side)),
         irq_fds,
     };

@@ -163,7 +163,7 @@ async fn drive(shared: &Arc<Shared>, link: Link) -> End {
         }
         release(shared, &mut rx, &peer_space_bell);
         if shared.has_failed(epoch) {
-            return End::Failed(Error::Protocol("tx ring corrupted"));
+            return End::Failed(Error::Protocol(shared.failed_reason()));
         }
         if n > 0 {
             // Let the readers just woken run now (they sit in this worker's
@@ -181,7 +181,7 @@ async fn drive(shared: &Arc<Shared>, link: Link) -> End {
             _ = liveness.gone() => return End::PeerGone,
             _ = shared.stopped() => return End::Stopped,
             _ = shared.link_failed(epoch) => {
-                return End::Failed(Error::Protocol("tx ring corrupted"));
+                return End::Failed(Error::Protocol(shared.failed_reason()));
             }
         }
     }
@@ -256,6 +256,27 @@ fn on_frame(shared: &Arc<Shared>, epoch: u64, rec: Record<'_>) -> Result<()> {
                     return Ok(());
                 }
             };
+            if shared.events_full() {
+                return Err(Error::Limit(
+                    "the peer opens streams faster than this side takes them",
+                ));
+            }
+            if shared.streams().len() >= shared.config.max_streams {
+                let refused = shared
+                    .counters
+                    .streams_refused
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                // One line per 1,000, not one per refused stream.
+                if refused.is_multiple_of(1000) {
+                    tracing::warn!(
+                        limit = shared.config.max_streams,
+                        refused = refused + 1,
+                        "streams at their limit: refusing the peer's open"
+                    );
+                }
+                shared.send_ctl(epoch, QueuedFrame::new(Kind::Rst, id));
+                return Ok(());
+            }
             let st = StreamState::new(id, epoch, shared.config.window);
             if !shared.add_stream(st.clone()) {
                 tracing::warn!(stream = id, "peer reopened a live stream id; resetting it");
@@ -311,6 +332,11 @@ fn on_frame(shared: &Arc<Shared>, epoch: u64, rec: Record<'_>) -> Result<()> {
             }
         }
         Kind::Control => {
+            if shared.events_full() {
+                return Err(Error::Limit(
+                    "the peer sends control messages faster than this side takes them",
+                ));
+            }
             shared.emit(MuxEvent::Control(rec.to_vec().split_off(HDR)));
         }
     }

@@ -23,16 +23,34 @@ use crate::error::{Error, Result};
 use crate::link::LinkSource;
 use shared::Shared;
 
-/// Mux settings.
+/// Mux settings. Everything the peer can make this side hold is bounded:
+/// memory per stream by `window`, streams by `max_streams`, and the two
+/// queues a peer fills by not draining its ring or by outpacing this side's
+/// owner by `max_queued_frames` and `max_pending_events`.
 #[derive(Debug, Clone, Copy)]
 pub struct MuxConfig {
     /// Per-stream receive window (credit) in bytes.
     pub window: u32,
+    /// Streams open at once, both directions together. An open beyond it is
+    /// refused with a reset (as a kernel refuses a connection over its
+    /// backlog); the link stays up.
+    pub max_streams: usize,
+    /// Frames this side must send (credit, resets) queued because the peer
+    /// does not drain its ring; beyond it the link ends with an error.
+    pub max_queued_frames: usize,
+    /// Events (opened streams, control messages) the owner has not taken
+    /// yet; beyond it the link ends with an error.
+    pub max_pending_events: usize,
 }
 
 impl Default for MuxConfig {
     fn default() -> Self {
-        MuxConfig { window: 256 * 1024 }
+        MuxConfig {
+            window: 256 * 1024,
+            max_streams: 4096,
+            max_queued_frames: 16 * 1024,
+            max_pending_events: 4096,
+        }
     }
 }
 
@@ -67,6 +85,8 @@ pub struct MuxStats {
     pub spin_preempted: u64,
     pub peer_ups: u64,
     pub link_errors: u64,
+    /// Peer opens refused because `max_streams` streams were open.
+    pub streams_refused: u64,
 }
 
 /// Starts muxes.
@@ -82,6 +102,7 @@ impl Mux {
     pub fn start_with(src: impl Into<LinkSource>, config: MuxConfig) -> (MuxHandle, MuxEvents) {
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let shared = Shared::new(config, ev_tx);
+        let pending = shared.events_pending.clone();
         driver::spawn(shared.clone(), src.into());
         (
             MuxHandle {
@@ -89,6 +110,7 @@ impl Mux {
             },
             MuxEvents {
                 rx: ev_rx,
+                pending,
                 done: false,
             },
         )
@@ -153,6 +175,8 @@ impl MuxHandle {
 #[derive(Debug)]
 pub struct MuxEvents {
     rx: mpsc::UnboundedReceiver<Option<MuxEvent>>,
+    /// Events sent and not taken (bounded by `max_pending_events`).
+    pending: Arc<std::sync::atomic::AtomicUsize>,
     done: bool,
 }
 
@@ -162,7 +186,11 @@ impl MuxEvents {
             return None;
         }
         match self.rx.recv().await {
-            Some(Some(ev)) => Some(ev),
+            Some(Some(ev)) => {
+                self.pending
+                    .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                Some(ev)
+            }
             _ => {
                 self.done = true;
                 None

@@ -41,6 +41,7 @@ pub(crate) struct Counters {
     pub frames_rx: AtomicU64,
     pub peer_ups: AtomicU64,
     pub link_errors: AtomicU64,
+    pub streams_refused: AtomicU64,
 }
 
 pub(crate) fn inc(c: &AtomicU64, n: u64) {
@@ -73,6 +74,10 @@ pub(crate) struct Shared {
     /// says which link, so a stale signal never ends a newer link.
     link_failed: Notify,
     failed_epoch: AtomicU64,
+    /// Why that link failed.
+    failed_reason: Mutex<&'static str>,
+    /// Events emitted and not yet taken by the owner.
+    pub events_pending: Arc<AtomicUsize>,
 }
 
 impl Shared {
@@ -95,6 +100,8 @@ impl Shared {
             stop: watch::channel(false).0,
             link_failed: Notify::new(),
             failed_epoch: AtomicU64::new(u64::MAX),
+            failed_reason: Mutex::new("tx ring corrupted"),
+            events_pending: Arc::default(),
         })
     }
 
@@ -120,7 +127,17 @@ impl Shared {
     }
 
     pub fn emit(&self, ev: MuxEvent) -> bool {
-        self.events.send(Some(ev)).is_ok()
+        self.events_pending.fetch_add(1, Ordering::AcqRel);
+        let sent = self.events.send(Some(ev)).is_ok();
+        if !sent {
+            self.events_pending.fetch_sub(1, Ordering::AcqRel);
+        }
+        sent
+    }
+
+    /// Whether the owner has `max_pending_events` events not taken yet.
+    pub fn events_full(&self) -> bool {
+        self.events_pending.load(Ordering::Acquire) >= self.config.max_pending_events
     }
 
     pub fn end_events(&self) {
@@ -145,6 +162,7 @@ impl Shared {
             doorbells: g(&n.doorbells),
             spin_preempted: g(&n.preempted),
             peer_ups: g(&c.peer_ups),
+            streams_refused: g(&c.streams_refused),
             link_errors: g(&c.link_errors),
         }
     }
@@ -190,7 +208,7 @@ impl Shared {
             }
             Err(e) => {
                 drop(slot);
-                self.fail_link(epoch);
+                self.fail_link(epoch, "tx ring corrupted");
                 Poll::Ready(Err(e.into()))
             }
         }
@@ -208,11 +226,21 @@ impl Shared {
     /// Sends a control-path frame without ever blocking the caller: directly if
     /// the ring has room and nothing is queued ahead, else via the ctl task.
     pub fn send_ctl(&self, epoch: u64, f: QueuedFrame) {
-        if self.ctl_pending.load(Ordering::Acquire) == 0 {
+        let queued = self.ctl_pending.load(Ordering::Acquire);
+        if queued == 0 {
             match self.poll_send(None, epoch, &f.hdr, f.payload()) {
                 Poll::Ready(_) => return,
                 Poll::Pending => {}
             }
+        }
+        if queued >= self.config.max_queued_frames {
+            // Only a peer that stops draining its ring while making us answer
+            // gets here: end its link rather than queue without bound.
+            self.fail_link(
+                epoch,
+                "the peer does not drain its ring (control queue full)",
+            );
+            return;
         }
         self.ctl_pending.fetch_add(1, Ordering::AcqRel);
         if self.ctl_tx.send((epoch, f)).is_err() {
@@ -266,7 +294,7 @@ impl Shared {
                         _ = self.stopped() => return,
                     };
                     if r.is_err() {
-                        self.fail_link(epoch);
+                        self.fail_link(epoch, "tx ring corrupted");
                     }
                 }
                 let wakers = std::mem::take(&mut *lock(&self.space_waiters));
@@ -275,10 +303,16 @@ impl Shared {
         }
     }
 
-    /// Reports that the tx ring of link `epoch` is corrupted.
-    pub fn fail_link(&self, epoch: u64) {
+    /// Reports that link `epoch` must end, and why.
+    pub fn fail_link(&self, epoch: u64, reason: &'static str) {
+        *lock(&self.failed_reason) = reason;
         self.failed_epoch.store(epoch, Ordering::Release);
         self.link_failed.notify_one();
+    }
+
+    /// Why the link last reported failed ended.
+    pub fn failed_reason(&self) -> &'static str {
+        *lock(&self.failed_reason)
     }
 
     pub fn has_failed(&self, epoch: u64) -> bool {
@@ -335,6 +369,9 @@ impl Shared {
                 break id;
             }
         };
+        if self.streams().len() >= self.config.max_streams {
+            return Err(Error::Limit("streams open on this link"));
+        }
         let st = StreamState::new(id, epoch, self.config.window);
         if !self.add_stream(st.clone()) {
             return Err(Error::Protocol("stream id in use"));

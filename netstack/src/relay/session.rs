@@ -75,7 +75,7 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
     } else {
         builder.into()
     };
-    let (mux, mut events) = Mux::start(source);
+    let (mux, mut events) = Mux::start_with(source, cfg.mux);
     let counters = Arc::new(Counters::default());
 
     let own: OwnSockets = p.own.clone();

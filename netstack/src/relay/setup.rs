@@ -29,6 +29,8 @@ pub struct RelayConfig {
     pub create: bool,
     /// The guest's (data, space) MSI-X eventfds for a `pci:<bdf>/<bar>@k/n` slot.
     pub irq_fds: Option<std::sync::Arc<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)>>,
+    /// Bounds on what the peer can make this relay hold (streams, queues).
+    pub mux: crate::MuxConfig,
 }
 
 /// Sockets and rules made before the runtime; consumed by [`super::run`].
