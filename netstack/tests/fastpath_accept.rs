@@ -26,23 +26,7 @@ fn socat_server_echoes_8_mib_byte_exact_to_a_client_of_the_other_half() {
         "socat -b 65536 TCP-LISTEN:18300,bind=127.0.0.1,reuseaddr,fork EXEC:cat",
     );
     mirrored_in_dpu(&pod, 18300);
-    let (dir, src) = data_file(8 << 20, 21);
-    let dst = dir.path().join("echo");
-    let o = run(
-        &pod.dpu_ns,
-        false,
-        60,
-        &format!(
-            "socat -b 65536 -t 30 - TCP:127.0.0.1:18300 < {} > {}",
-            src.display(),
-            dst.display()
-        ),
-    );
-    ok(&o, "socat", &pod);
-    assert!(
-        std::fs::read(&dst).unwrap() == std::fs::read(&src).unwrap(),
-        "echo differs"
-    );
+    socat_echo(&pod, &pod.dpu_ns, false, 18300, 8 << 20, 21);
     assert_eq!(stat(&pod.cpu, "fast_accepts"), 1, "{}", pod.logs());
     assert_eq!(stat(&pod.dpu, "fast_bytes_out"), 8 << 20);
     assert_eq!(stat(&pod.dpu, "fast_bytes_in"), 8 << 20);
@@ -58,8 +42,7 @@ fn sockperf_server_in_epoll_poll_and_select_modes() {
     for (i, mode) in ["e", "p", "s"].into_iter().enumerate() {
         let port = 18301 + i as u16;
         // The server's multiplexer is chosen with -F, which takes a feed file.
-        let feed = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(feed.path(), format!("T:127.0.0.1:{port}\n")).unwrap();
+        let feed = sockperf_feed(port);
         let _server = Server::preloaded(
             &pod.cpu_ns,
             &format!("sockperf sr -f {} -F {mode}", feed.path().display()),

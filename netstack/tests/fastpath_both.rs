@@ -31,23 +31,7 @@ fn socat_echoes_8_mib_byte_exact_program_to_program() {
         "socat -b 65536 TCP-LISTEN:18400,bind=127.0.0.1,reuseaddr,fork EXEC:cat",
     );
     mirrored_in_cpu(&pod, 18400);
-    let (dir, src) = data_file(8 << 20, 31);
-    let dst = dir.path().join("echo");
-    let o = run(
-        &pod.cpu_ns,
-        true,
-        60,
-        &format!(
-            "socat -b 65536 -t 30 - TCP:127.0.0.1:18400 < {} > {}",
-            src.display(),
-            dst.display()
-        ),
-    );
-    ok(&o, "socat", &pod);
-    assert!(
-        std::fs::read(&dst).unwrap() == std::fs::read(&src).unwrap(),
-        "echo differs"
-    );
+    socat_echo(&pod, &pod.cpu_ns, true, 18400, 8 << 20, 31);
     assert_eq!(stat(&pod.cpu, "fast_connects"), 1, "{}", pod.logs());
     assert_eq!(stat(&pod.dpu, "fast_accepts"), 1);
     assert_direct(&pod);
@@ -58,8 +42,7 @@ fn sockperf_ping_pong_with_both_ends_in_epoll_poll_and_select_modes() {
     let pod = Pod::new();
     for (i, mode) in ["e", "p", "s"].into_iter().enumerate() {
         let port = 18401 + i as u16;
-        let feed = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(feed.path(), format!("T:127.0.0.1:{port}\n")).unwrap();
+        let feed = sockperf_feed(port);
         let _server = Server::preloaded(
             &pod.dpu_ns,
             &format!("sockperf sr -f {} -F {mode}", feed.path().display()),

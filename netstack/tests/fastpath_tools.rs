@@ -17,24 +17,7 @@ use relay_common::*;
 #[test]
 fn socat_echoes_8_mib_byte_exact_with_half_close_over_the_fast_path() {
     let pod = pod_with_echo(18200);
-    let (dir, src) = data_file(8 << 20, 7);
-    let dst = dir.path().join("echo");
-    // socat half-closes after stdin's EOF and waits for the echo's EOF.
-    let o = run(
-        &pod.cpu_ns,
-        true,
-        60,
-        &format!(
-            "socat -b 65536 -t 30 - TCP:127.0.0.1:18200 < {} > {}",
-            src.display(),
-            dst.display()
-        ),
-    );
-    ok(&o, "socat", &pod);
-    assert!(
-        std::fs::read(&dst).unwrap() == std::fs::read(&src).unwrap(),
-        "echo differs"
-    );
+    socat_echo(&pod, &pod.cpu_ns, true, 18200, 8 << 20, 7);
     assert_eq!(stat(&pod.cpu, "fast_connects"), 1, "{}", pod.logs());
     assert_eq!(stat(&pod.dpu, "fast_bytes_in"), 8 << 20);
     assert_eq!(stat(&pod.dpu, "fast_bytes_out"), 8 << 20);
@@ -49,8 +32,7 @@ fn sockperf_ping_pong_in_epoll_poll_and_select_modes() {
     let pod = Pod::new();
     let _server = Server::start(&pod.dpu_ns, "sockperf sr --tcp -i 127.0.0.1 -p 18201");
     mirrored(&pod, 18201);
-    let feed = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(feed.path(), "T:127.0.0.1:18201\n").unwrap();
+    let feed = sockperf_feed(18201);
     for mode in ["e", "p", "s"] {
         let before = stat(&pod.cpu, "fast_connects");
         let cmd = format!(
@@ -200,15 +182,8 @@ fn both_processes_keep_a_connection_across_fork() {
     let out = python(
         &pod,
         60,
-        r#"
-import os, socket
-s = socket.create_connection(("127.0.0.1", 18207))
-def ping(msg):
-    s.sendall(msg)
-    got = b""
-    while len(got) < len(msg):
-        got += s.recv(100)
-    assert got == msg, (got, msg)
+        &(python_ping_prelude(18207)
+            + r#"
 ping(b"before fork")
 pid = os.fork()
 if pid == 0:
@@ -220,7 +195,7 @@ ping(b"parent after child")
 s.shutdown(socket.SHUT_WR)
 assert s.recv(10) == b""
 print("done")
-"#,
+"#),
     );
     assert_eq!(out.trim(), "done");
     assert_eq!(stat(&pod.cpu, "fast_connects"), 1);
@@ -406,15 +381,8 @@ fn a_program_closing_descriptors_it_did_not_open_keeps_its_connection() {
     let out = python(
         &pod,
         60,
-        r#"
-import os, socket
-s = socket.create_connection(("127.0.0.1", 18209))
-def ping(msg):
-    s.sendall(msg)
-    got = b""
-    while len(got) < len(msg):
-        got += s.recv(100)
-    assert got == msg, (got, msg)
+        &(python_ping_prelude(18209)
+            + r#"
 ping(b"before")
 mine = s.fileno()
 for fd in range(3, 1024):
@@ -429,7 +397,7 @@ os.closerange(mine + 1, 1 << 20)
 ping(b"after close_range")
 s.close()
 print("done")
-"#,
+"#),
     );
     assert_eq!(out.trim(), "done");
     assert_eq!(stat(&pod.cpu, "fast_connects"), 1, "{}", pod.logs());

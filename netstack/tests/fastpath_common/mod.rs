@@ -131,3 +131,50 @@ pub fn assert_reset(status: std::process::ExitStatus, lines: &[String]) {
         "{lines:?}"
     );
 }
+
+/// socat in `ns` (preloaded or not) sends `len` pattern bytes to
+/// 127.0.0.1:`port`, half-closes, and must read back exactly what it sent.
+pub fn socat_echo(pod: &Pod, ns: &str, preload: bool, port: u16, len: usize, seed: u64) {
+    let (dir, src) = data_file(len, seed);
+    let dst = dir.path().join("echo");
+    // socat half-closes after stdin's EOF and waits for the echo's EOF.
+    let o = run(
+        ns,
+        preload,
+        60,
+        &format!(
+            "socat -b 65536 -t 30 - TCP:127.0.0.1:{port} < {} > {}",
+            src.display(),
+            dst.display()
+        ),
+    );
+    ok(&o, "socat", pod);
+    assert!(
+        std::fs::read(&dst).unwrap() == std::fs::read(&src).unwrap(),
+        "echo differs"
+    );
+}
+
+/// A sockperf feed file naming 127.0.0.1:`port` (its -F multiplexer modes need one).
+pub fn sockperf_feed(port: u16) -> tempfile::NamedTempFile {
+    let feed = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(feed.path(), format!("T:127.0.0.1:{port}\n")).unwrap();
+    feed
+}
+
+/// Python lines that connect `s` to 127.0.0.1:`port` and define `ping(msg)`,
+/// which sends `msg` and asserts its echo.
+pub fn python_ping_prelude(port: u16) -> String {
+    format!(
+        r#"
+import os, socket
+s = socket.create_connection(("127.0.0.1", {port}))
+def ping(msg):
+    s.sendall(msg)
+    got = b""
+    while len(got) < len(msg):
+        got += s.recv(100)
+    assert got == msg, (got, msg)
+"#
+    )
+}

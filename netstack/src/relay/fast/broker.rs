@@ -11,7 +11,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 
-use super::{new_region, recv_msg, send_msg, within, Fast, HANDSHAKE_TIMEOUT};
+use super::{accept_loop, new_region, recv_msg, send_msg, within, Fast, HANDSHAKE_TIMEOUT};
 use crate::fastpath::wire::{Outcome, Reply, Request, Role, REPLY_LEN, REQUEST_LEN};
 use crate::relay::counters::Counters;
 use crate::relay::error::{Error, Result};
@@ -27,20 +27,9 @@ const BROKER_CONCURRENCY: usize = 64;
 /// Answers programs' requests until the relay stops.
 pub(super) async fn run(listener: UnixListener, ctx: Ctx, fast: Arc<Fast>) {
     let slots = Arc::new(Semaphore::new(BROKER_CONCURRENCY));
-    loop {
-        let (conn, _) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "fast-path broker accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
+    accept_loop(listener, "fast-path broker", Some(slots), |conn, permit| {
         let (ctx, fast) = (ctx.clone(), fast.clone());
-        tokio::spawn(async move {
+        async move {
             let held = one(&ctx, &fast, conn).await;
             drop(permit);
             match held {
@@ -53,8 +42,9 @@ pub(super) async fn run(listener: UnixListener, ctx: Ctx, fast: Arc<Fast>) {
                 Ok(None) => {}
                 Err(e) => tracing::debug!(error = %e, "fast-path request failed"),
             }
-        });
-    }
+        }
+    })
+    .await
 }
 
 /// Serves one request; a registered listener comes back with its socket.

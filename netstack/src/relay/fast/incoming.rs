@@ -15,7 +15,7 @@ use tokio::net::{TcpSocket, UnixListener, UnixStream};
 use tokio::sync::{oneshot, Semaphore};
 use tokio::task::JoinHandle;
 
-use super::{new_region, send_msg, within, Fast, HANDSHAKE_TIMEOUT};
+use super::{accept_loop, new_region, send_msg, within, Fast, HANDSHAKE_TIMEOUT};
 use crate::fastpath::wire::{Reply, Request, REQUEST_LEN};
 use crate::fastpath::MAX_CONNECTIONS;
 use crate::relay::counters::Counters;
@@ -159,26 +159,16 @@ impl Registry {
 /// Serves the accept socket: one offer per connection from the DPU relay.
 async fn serve(listener: UnixListener, ctx: Ctx, fast: Arc<Fast>) {
     let slots = Arc::new(Semaphore::new(CONCURRENCY));
-    loop {
-        let dpu = match listener.accept().await {
-            Ok((c, _)) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept socket accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
+    accept_loop(listener, "accept socket", Some(slots), |dpu, permit| {
         let (ctx, fast) = (ctx.clone(), fast.clone());
-        tokio::spawn(async move {
+        async move {
             if let Err(e) = offer(&ctx, &fast, dpu).await {
                 tracing::debug!(error = %e, "fast accept failed");
             }
             drop(permit);
-        });
-    }
+        }
+    })
+    .await
 }
 
 async fn pass(dpu: &UnixStream) -> Result<()> {

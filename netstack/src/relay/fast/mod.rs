@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use tokio::io::Interest;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::error::{Error, Result};
 use super::session::Ctx;
@@ -188,6 +188,38 @@ fn errno_of(e: &Error) -> i32 {
                 })
         }
         _ => libc::ECONNREFUSED,
+    }
+}
+
+/// Accepts on `listener` until the relay stops, spawning `each` for every
+/// connection. With `slots`, at most that many run at once (`each` holds the
+/// permit for as long as it counts); without, each is bounded elsewhere.
+async fn accept_loop<F, Fut>(
+    listener: UnixListener,
+    what: &'static str,
+    slots: Option<Arc<Semaphore>>,
+    each: F,
+) where
+    F: Fn(UnixStream, Option<OwnedSemaphorePermit>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let conn = match listener.accept().await {
+            Ok((c, _)) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, socket = what, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let permit = match &slots {
+            Some(s) => match s.clone().acquire_owned().await {
+                Ok(p) => Some(p),
+                Err(_) => return,
+            },
+            None => None,
+        };
+        tokio::spawn(each(conn, permit));
     }
 }
 

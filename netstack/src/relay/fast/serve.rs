@@ -13,7 +13,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::incoming;
 use super::pump::Pump;
-use super::{errno_of, recv_msg, within, Fast, HANDSHAKE_TIMEOUT};
+use super::{accept_loop, errno_of, recv_msg, within, Fast, HANDSHAKE_TIMEOUT};
 use crate::fastpath::wire::{Outcome, Reply, Request, Role, REPLY_LEN, REQUEST_LEN};
 use crate::fastpath::MAX_CONNECTIONS;
 use crate::relay::counters::Counters;
@@ -25,24 +25,18 @@ use crate::shm::{Region, RegionAddr};
 /// The CPU relay needs up to its connect (5 s) and the program's claim (5 s).
 const INCOMING_TIMEOUT: Duration = Duration::from_secs(12);
 
-/// Serves connects offered through the fast socket until the relay stops.
+/// Serves connects offered through the fast socket until the relay stops
+/// (their pumps are bounded by the relay's slots).
 pub(super) async fn run(listener: UnixListener, ctx: Ctx, fast: Arc<Fast>) {
-    loop {
-        let conn = match listener.accept().await {
-            Ok((c, _)) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "fast socket accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    accept_loop(listener, "fast socket", None, |conn, _| {
         let (ctx, fast) = (ctx.clone(), fast.clone());
-        tokio::spawn(async move {
+        async move {
             if let Err(e) = connect(&ctx, &fast, conn).await {
                 tracing::debug!(error = %e, "fast connection ended with an error");
             }
-        });
-    }
+        }
+    })
+    .await
 }
 
 fn invalid(context: &'static str) -> Error {
