@@ -149,3 +149,26 @@ fn memfd_region_size_is_sealed_against_a_truncating_peer() {
     assert!(f.set_len(0).is_err());
     assert!(f.set_len(sut.len() * 2).is_err());
 }
+
+#[test]
+fn an_unsealed_memfd_is_refused_by_the_opener() {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    let sealed = Region::create(&RegionAddr::Memfd, Some(4096), 0).unwrap();
+    let fd = sealed.fd().unwrap().try_clone_to_owned().unwrap();
+    // The same bytes (a valid header and rings) in a memfd without seals.
+    let bytes = std::fs::read(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap();
+    let raw = nix::sys::memfd::memfd_create(
+        c"unsealed",
+        nix::sys::memfd::MFdFlags::MFD_CLOEXEC | nix::sys::memfd::MFdFlags::MFD_ALLOW_SEALING,
+    )
+    .unwrap();
+    let mut f = std::fs::File::from(raw);
+    f.write_all(&bytes).unwrap();
+    let err = match Region::from_fd(RegionAddr::Memfd, f.into()) {
+        Ok(_) => panic!("unsealed memfd accepted"),
+        Err(e) => e,
+    };
+    assert!(err.to_string().contains("not sealed"), "{err}");
+    Region::from_fd(RegionAddr::Memfd, fd).expect("the sealed one opens");
+}

@@ -226,7 +226,27 @@ impl Region {
 
     /// Maps a region received as a file descriptor (from the rendezvous) and validates it.
     pub fn from_fd(addr: RegionAddr, fd: OwnedFd) -> Result<Region> {
+        if matches!(addr, RegionAddr::Memfd) {
+            Self::check_sealed(&fd)?;
+        }
         Self::open_in(&addr, File::from(fd))
+    }
+
+    /// A memfd from a peer must be sealed against resizing: whoever else holds
+    /// it could otherwise shrink it under our mapping (SIGBUS on the next access).
+    fn check_sealed(fd: &OwnedFd) -> Result<()> {
+        use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+        let need = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL;
+        let seals = fcntl(fd, FcntlArg::F_GET_SEALS).map_err(|e| Error::RegionIo {
+            path: "memfd".into(),
+            context: "read seals",
+            source: e.into(),
+        })?;
+        if SealFlag::from_bits_truncate(seals).contains(need) {
+            Ok(())
+        } else {
+            Err(Error::Config("memfd region is not sealed against resizing"))
+        }
     }
 
     /// Maps the region (or its slot window) of `file` and validates its header.

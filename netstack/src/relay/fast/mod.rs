@@ -150,7 +150,13 @@ pub(super) fn start(fast: &Arc<Fast>, ctx: &Ctx) -> Option<Sockets> {
         Side::Dpu => {
             let path = &fast.dpu_socket;
             let _ = std::fs::remove_file(path);
-            match UnixListener::bind(path) {
+            // Only root (the CPU relay) may offer connections.
+            let bound = UnixListener::bind(path).and_then(|l| {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+                Ok(l)
+            });
+            match bound {
                 Ok(l) => {
                     tokio::spawn(serve::run(l, ctx.clone(), fast.clone()));
                     Some(Sockets(vec![path.clone()]))
