@@ -245,6 +245,7 @@ impl LinkBuilder {
                 context: "connect",
                 source,
             })?;
+        rendezvous::check_peer(&conn)?;
         let hello =
             tokio::time::timeout(rendezvous::HANDSHAKE_TIMEOUT, rendezvous::recv_hello(&conn))
                 .await

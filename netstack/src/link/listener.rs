@@ -60,6 +60,8 @@ impl Listener {
     }
 
     async fn handshake(&self, mut conn: UnixStream) -> Result<Link> {
+        // Before anything (the region and doorbells) goes to it.
+        rendezvous::check_peer(&conn)?;
         let generation = self.region.reinit();
         let (tx, rx) = super::ring_ends(&self.region, true)?;
         let bells = [eventfd()?, eventfd()?, eventfd()?, eventfd()?];

@@ -32,6 +32,22 @@ fn io(context: &'static str) -> impl FnOnce(std::io::Error) -> Error {
 }
 
 /// Sends the hello; `fds` = optional region fd followed by the four bells.
+/// The other end of a rendezvous connection must run as this process's user
+/// (root, for the relays): the socket's path is not proof of who is behind it
+/// (a local user may bind it while a relay restarts), its credentials are.
+pub fn check_peer(conn: &UnixStream) -> Result<()> {
+    let cred = conn.peer_cred().map_err(|source| Error::Rendezvous {
+        context: "peer credentials",
+        source,
+    })?;
+    let me = nix::unistd::geteuid().as_raw();
+    if cred.uid() != me {
+        tracing::warn!(peer_uid = cred.uid(), peer_pid = ?cred.pid(), "rendezvous peer of another user refused");
+        return Err(Error::Handshake("the peer runs as another user"));
+    }
+    Ok(())
+}
+
 pub async fn send_hello(
     conn: &UnixStream,
     generation: u64,
