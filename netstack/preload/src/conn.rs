@@ -20,43 +20,11 @@ use heteronet::shm::{Consumer, Producer, Region, RegionAddr};
 
 use crate::options::Options;
 use crate::real;
+use crate::spin::spin;
 use crate::Errno;
-
-/// How long a blocked call spins on the ring before it sleeps in the kernel
-/// (`HETEROSOCKET_SPIN_US`): a reply within this time costs no wake-up.
-pub(crate) fn spin_budget() -> Duration {
-    static US: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    Duration::from_micros(*US.get_or_init(|| {
-        std::env::var("HETEROSOCKET_SPIN_US")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(50)
-    }))
-}
 
 /// Filler bytes per send when making the descriptor unwritable.
 static FILLER: [u8; 64 * 1024] = [0; 64 * 1024];
-
-/// Spins up to the budget until `ready` holds, offering the core while it does.
-fn spin(mut ready: impl FnMut() -> bool) -> bool {
-    let budget = spin_budget();
-    if budget.is_zero() {
-        return ready();
-    }
-    let start = Instant::now();
-    loop {
-        for _ in 0..64 {
-            if ready() {
-                return true;
-            }
-            std::hint::spin_loop();
-        }
-        if start.elapsed() >= budget {
-            return false;
-        }
-        std::thread::yield_now();
-    }
-}
 
 struct Rx {
     ring: Consumer,
@@ -387,14 +355,21 @@ impl Conn {
         // After fork, another process may have read from this ring.
         rx.ring.adopt_shared().map_err(|_| self.reset_now())?;
         let mut done = 0;
+        let mut woke = false;
         loop {
             done += self.take(&mut rx, &mut out[done..], peek)?;
             if done == out.len() || (done > 0 && !waitall) || rx.fin {
                 return Ok(done);
             }
             self.settle(&mut rx);
-            let empty = !rx.ring.has_data().map_err(|_| libc::ECONNRESET)?;
-            if empty && (self.is_reset() || self.peer_closed()) {
+            if rx.ring.has_data().map_err(|_| libc::ECONNRESET)? {
+                continue;
+            }
+            let nonblock = self.nonblocking(flags);
+            // Whether the peer went away costs a system call: asked when this
+            // call returns now, or after a wake-up that brought no data (a
+            // blocking wait wakes up when the peer goes).
+            if self.is_reset() || ((nonblock || woke) && self.peer_closed()) {
                 if done > 0 {
                     return Ok(done);
                 }
@@ -402,10 +377,7 @@ impl Conn {
                 self.mark_reset();
                 return Err(libc::ECONNRESET);
             }
-            if !empty {
-                continue;
-            }
-            if self.nonblocking(flags) {
+            if nonblock {
                 return if done > 0 {
                     Ok(done)
                 } else {
@@ -413,20 +385,23 @@ impl Conn {
                 };
             }
             self.wait_data(&mut rx)?;
+            woke = true;
         }
     }
 
     /// Blocks until a record or token arrives or the peer goes away.
     fn wait_data(&self, rx: &mut Rx) -> Result<(), Errno> {
-        if spin(|| rx.ring.has_data().unwrap_or(true)) {
+        let Err(start) = spin(|| rx.ring.has_data().unwrap_or(true)) else {
             return Ok(());
-        }
+        };
         let mut pfd = [libc::pollfd {
             fd: self.fd(),
             events: libc::POLLIN,
             revents: 0,
         }];
-        real::poll_fds(&mut pfd, -1).map(|_| ())
+        let r = real::poll_fds(&mut pfd, -1).map(|_| ());
+        crate::spin::slept(start, r.is_ok());
+        r
     }
 
     /// `send` semantics (MSG_DONTWAIT, MSG_NOSIGNAL); a blocking write sends all.
@@ -521,7 +496,7 @@ impl Conn {
     /// Waits for room for a `need`-byte record; `Ok(false)` when `limit` passed.
     fn wait_space(&self, tx: &mut Tx, need: usize, limit: Option<Duration>) -> Result<bool, Errno> {
         let fits = |tx: &mut Tx| tx.ring.fits(need).map_err(|_| libc::ECONNRESET);
-        if spin(|| fits(tx).unwrap_or(true)) {
+        if spin(|| fits(tx).unwrap_or(true)).is_ok() {
             return Ok(true);
         }
         let end = limit.map(|l| Instant::now() + l);

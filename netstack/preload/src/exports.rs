@@ -810,7 +810,7 @@ pub unsafe extern "C" fn epoll_wait(
         }
     }
     // SAFETY: the caller's arguments, passed on unchanged.
-    unsafe { real::epoll_wait(ep, ev, max, timeout) }
+    crate::wait::after_block(unsafe { real::epoll_wait(ep, ev, max, timeout) })
 }
 
 /// `epoll_pwait`, served here for fast connections.
@@ -833,7 +833,7 @@ pub unsafe extern "C" fn epoll_pwait(
         }
     }
     // SAFETY: the caller's arguments, passed on unchanged.
-    unsafe { real::epoll_pwait(ep, ev, max, timeout, mask) }
+    crate::wait::after_block(unsafe { real::epoll_pwait(ep, ev, max, timeout, mask) })
 }
 
 /// `poll`, served here for fast connections.
@@ -849,7 +849,7 @@ pub unsafe extern "C" fn poll(fds: *mut libc::pollfd, n: libc::nfds_t, timeout: 
         }
     }
     // SAFETY: the caller's arguments, passed on unchanged.
-    unsafe { real::poll(fds, n, timeout) }
+    crate::wait::after_block(unsafe { real::poll(fds, n, timeout) })
 }
 
 /// `__poll_chk` (fortified `poll`), served here for fast connections.
@@ -892,7 +892,7 @@ pub unsafe extern "C" fn ppoll(
         }
     }
     // SAFETY: the caller's arguments, passed on unchanged.
-    unsafe { real::ppoll(fds, n, timeout, mask) }
+    crate::wait::after_block(unsafe { real::ppoll(fds, n, timeout, mask) })
 }
 
 /// The three descriptor sets of a select call, saved so each spinning call
@@ -956,7 +956,7 @@ pub unsafe extern "C" fn select(
         unsafe { saved.restore(ptrs) };
     }
     // SAFETY: the caller's arguments, passed on unchanged.
-    unsafe { real::select(n, r, w, e, timeout) }
+    crate::wait::after_block(unsafe { real::select(n, r, w, e, timeout) })
 }
 
 /// `pselect`, served here for fast connections.
@@ -993,7 +993,7 @@ pub unsafe extern "C" fn pselect(
         unsafe { saved.restore(ptrs) };
     }
     // SAFETY: the caller's arguments, passed on unchanged.
-    unsafe { real::pselect(n, r, w, e, timeout, mask) }
+    crate::wait::after_block(unsafe { real::pselect(n, r, w, e, timeout, mask) })
 }
 
 /// glibc's `cookie_io_functions_t`.

@@ -26,6 +26,7 @@ pub mod listeners;
 pub mod options;
 #[allow(unsafe_code)]
 pub mod real;
+pub mod spin;
 pub mod table;
 pub mod wait;
 

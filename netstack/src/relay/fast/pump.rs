@@ -75,8 +75,15 @@ impl Pump {
     }
 
     async fn drive(&mut self, c: &Counters) -> std::result::Result<(), Abort> {
-        let budget = spin_budget();
+        // The spin after work adapts as the library's does: doubled when work
+        // comes during it, fitted to the idle time when work comes soon after
+        // it, halved when the idle time is long (the program answers slower
+        // than any spin), between none and the configured ceiling.
+        let ceiling = spin_budget();
+        let floor = Duration::ZERO;
+        let mut budget = ceiling;
         let mut last_work = Instant::now();
+        let mut spinning = false;
         loop {
             let mut progress = self.ring_to_tcp(c)?;
             if !self.program_gone {
@@ -99,6 +106,10 @@ impl Pump {
                 return Ok(());
             }
             if progress {
+                if spinning {
+                    budget = (budget * 2).clamp(floor, ceiling);
+                    spinning = false;
+                }
                 last_work = Instant::now();
                 continue;
             }
@@ -106,11 +117,21 @@ impl Pump {
                 // Elastic: stay awake briefly after work (a reply usually comes
                 // within a round trip), offering the core and letting tokio
                 // poll the sockets; then sleep.
+                spinning = true;
                 std::thread::yield_now();
                 tokio::task::yield_now().await;
                 continue;
             }
+            spinning = false;
             self.sleep().await?;
+            // Had work come within twice the idle time just seen, a spin that
+            // long would have caught it: learn it at once; else halve.
+            let idle = last_work.elapsed();
+            budget = if idle <= ceiling {
+                (idle * 2).clamp(floor, ceiling)
+            } else {
+                (budget / 2).max(floor)
+            };
             last_work = Instant::now();
         }
     }
