@@ -261,3 +261,43 @@ fn a_listener_without_the_library_is_not_asked() {
     assert_eq!(stat(&pod.cpu, "fast_passed"), 0, "no offer was made");
     assert_eq!(stat(&pod.cpu, "connects_ok"), 1);
 }
+
+#[test]
+fn a_listener_older_than_the_relays_registers_at_its_first_accept() {
+    let mut pod = Pod::new();
+    // The CPU relay is not there yet when the server listens.
+    pod.cpu.terminate();
+    let (_f, _server) = python_server(
+        &pod,
+        r#"
+import socket
+l = socket.socket()
+l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind(("127.0.0.1", 18309))
+l.listen()
+while True:
+    c, _ = l.accept()
+    b = c.recv(100)
+    c.sendall(b)
+    c.close()
+"#,
+    );
+    // Past the library's one-second pause after finding no broker.
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    pod.cpu.start();
+    mirrored_in_dpu(&pod, 18309);
+    let client = r#"
+import socket
+for i in range(2):
+    s = socket.create_connection(("127.0.0.1", 18309))
+    s.settimeout(20)
+    s.sendall(b"hello %d" % i)
+    print(s.recv(100).decode())
+    s.close()
+"#;
+    let out = python_client(&pod, client);
+    assert_eq!(out.trim(), "hello 0\nhello 1", "{}", pod.logs());
+    // The first came through the relay and made the listener register; the
+    // second came on the fast path.
+    assert_eq!(stat(&pod.cpu, "fast_accepts"), 1, "{}", pod.logs());
+}

@@ -47,6 +47,11 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Whether a broker may be there (none was found in the last second).
+pub fn may_be_there() -> bool {
+    now_ms() >= NO_BROKER_UNTIL_MS.load(Ordering::Relaxed)
+}
+
 /// Sends `req` to the broker; `None` when there is none to talk to.
 fn send(req: Request) -> Option<UnixStream> {
     if now_ms() < NO_BROKER_UNTIL_MS.load(Ordering::Relaxed) {

@@ -104,6 +104,11 @@ fn same_family(a: SocketAddr, like: SocketAddr) -> SocketAddr {
 /// the program should see is returned.
 pub fn accepted(listen_fd: i32, nfd: i32) -> Option<SocketAddr> {
     if !registered(listen_fd) {
+        // It listened before its Pod's relays ran (a container started
+        // first): register now, so the next connections come fast.
+        if broker::may_be_there() {
+            listened(listen_fd);
+        }
         return None;
     }
     let carrier = real::sock_addr(nfd, true)?;
