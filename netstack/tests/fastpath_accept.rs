@@ -107,25 +107,9 @@ fn curl_in_the_other_half_fetches_from_a_preloaded_web_server() {
     assert_eq!(stat(&pod.cpu, "fast_accepts"), 2, "{}", pod.logs());
 }
 
-/// A preloaded Python server in the CPU half, given its script.
-fn python_server(pod: &Pod, script: &str) -> (tempfile::NamedTempFile, Server) {
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), script).unwrap();
-    let server = Server::preloaded(&pod.cpu_ns, &format!("python3 {}", file.path().display()));
-    (file, server)
-}
-
 /// Runs a Python client (not preloaded) in the DPU half.
 fn python_client(pod: &Pod, script: &str) -> String {
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), script).unwrap();
-    let o = run(
-        &pod.dpu_ns,
-        false,
-        60,
-        &format!("python3 {}", file.path().display()),
-    );
-    ok(&o, "python client", pod)
+    python_run(pod, &pod.dpu_ns, false, 60, script)
 }
 
 #[test]
@@ -134,7 +118,7 @@ fn the_server_sees_the_clients_address_and_a_client_reset() {
     let out_dir = tempfile::tempdir().unwrap();
     let report = out_dir.path().join("server");
     let (_f, _server) = python_server(
-        &pod,
+        &pod.cpu_ns,
         &format!(
             r#"
 import socket
@@ -199,7 +183,7 @@ fn a_listener_whose_process_does_not_claim_gets_its_connection_through_the_relay
     // The preloaded parent listens (and registers), then an exec'd child
     // without the library serves the listening socket: nobody claims.
     let (_f, _server) = python_server(
-        &pod,
+        &pod.cpu_ns,
         r#"
 import os, socket, sys
 l = socket.socket()
@@ -268,7 +252,7 @@ fn a_listener_older_than_the_relays_registers_at_its_first_accept() {
     // The CPU relay is not there yet when the server listens.
     pod.cpu.terminate();
     let (_f, _server) = python_server(
-        &pod,
+        &pod.cpu_ns,
         r#"
 import socket
 l = socket.socket()

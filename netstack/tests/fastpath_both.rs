@@ -88,9 +88,8 @@ fn iperf3_streams_both_ways_program_to_program() {
 #[test]
 fn a_server_that_dies_mid_stream_resets_the_client_and_nothing_hangs() {
     let pod = Pod::new();
-    let script = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(
-        script.path(),
+    let (_f, _server) = python_server(
+        &pod.dpu_ns,
         r#"
 import os, socket
 l = socket.socket()
@@ -104,13 +103,13 @@ while True:
         got += len(c.recv(65536))
     os._exit(0)
 "#,
-    )
-    .unwrap();
-    let _server = Server::preloaded(&pod.dpu_ns, &format!("python3 {}", script.path().display()));
+    );
     mirrored_in_cpu(&pod, 18405);
-    let client = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(
-        client.path(),
+    let out = python_run(
+        &pod,
+        &pod.cpu_ns,
+        true,
+        30,
         r#"
 import socket
 s = socket.create_connection(("127.0.0.1", 18405))
@@ -120,15 +119,7 @@ try:
 except (ConnectionResetError, BrokenPipeError) as e:
     print(type(e).__name__)
 "#,
-    )
-    .unwrap();
-    let o = run(
-        &pod.cpu_ns,
-        true,
-        30,
-        &format!("python3 {}", client.path().display()),
     );
-    let out = ok(&o, "client", &pod);
     assert!(
         matches!(out.trim(), "ConnectionResetError" | "BrokenPipeError"),
         "{out}"

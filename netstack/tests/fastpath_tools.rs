@@ -136,17 +136,9 @@ fn a_statically_linked_client_works_through_the_relay() {
     assert_eq!(stat(&pod.cpu, "fast_connects"), 0);
 }
 
-/// A Python client, preloaded (Python's socket module calls libc's socket API).
+/// A preloaded Python client in the CPU half.
 fn python(pod: &Pod, secs: u32, script: &str) -> String {
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), script).unwrap();
-    let o = run(
-        &pod.cpu_ns,
-        true,
-        secs,
-        &format!("python3 {}", file.path().display()),
-    );
-    ok(&o, "python client", pod)
+    python_run(pod, &pod.cpu_ns, true, secs, script)
 }
 
 #[test]

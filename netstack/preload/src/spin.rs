@@ -36,18 +36,12 @@ pub fn budget() -> Duration {
 }
 
 /// Records a wait that ended while spinning: spinning paid off, spin longer.
-pub fn record(ended_spinning: bool) {
+pub fn paid_off() {
     let max = ceiling();
-    if max.is_zero() {
-        return;
+    if !max.is_zero() {
+        let next = (budget() * 2).clamp(FLOOR, max);
+        BUDGET.with(|b| b.set(Some(next)));
     }
-    let now = budget();
-    let next = if ended_spinning {
-        (now * 2).clamp(FLOOR, max)
-    } else {
-        (now / 2).max(FLOOR.min(max))
-    };
-    BUDGET.with(|b| b.set(Some(next)));
 }
 
 /// Records a wait that spun from `start`, then slept until an event (or not):
@@ -84,7 +78,7 @@ pub fn spin(mut ready: impl FnMut() -> bool) -> Result<(), Instant> {
     loop {
         for _ in 0..64 {
             if ready() {
-                record(true);
+                paid_off();
                 return Ok(());
             }
             std::hint::spin_loop();

@@ -41,7 +41,7 @@ pub fn spin_first(mut poll_now: impl FnMut() -> i32) -> Option<i32> {
         if r != 0 {
             // Ready at once is no evidence either way.
             if !first {
-                crate::spin::record(true);
+                crate::spin::paid_off();
             }
             return Some(r);
         }

@@ -178,3 +178,31 @@ def ping(msg):
 "#
     )
 }
+
+/// A Python script in a temporary file (kept while the returned file lives).
+fn script_file(script: &str) -> tempfile::NamedTempFile {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), script).unwrap();
+    file
+}
+
+/// Runs Python `script` in netns `ns` (preloaded or not, Python's socket
+/// module calls libc's socket API), killed after `secs`; its stdout, which
+/// must come with success.
+pub fn python_run(pod: &Pod, ns: &str, preload: bool, secs: u32, script: &str) -> String {
+    let file = script_file(script);
+    let o = run(
+        ns,
+        preload,
+        secs,
+        &format!("python3 {}", file.path().display()),
+    );
+    ok(&o, "python client", pod)
+}
+
+/// A preloaded Python server in netns `ns`, given its script.
+pub fn python_server(ns: &str, script: &str) -> (tempfile::NamedTempFile, Server) {
+    let file = script_file(script);
+    let server = Server::preloaded(ns, &format!("python3 {}", file.path().display()));
+    (file, server)
+}
