@@ -48,6 +48,14 @@ test-unit:
 	@hack/qemu/guest.sh build || echo "==> guest.sh build failed (see above): the QEMU guest tests use an earlier cached build, or skip and say why"
 	@echo "==> cargo test (workspace, without the CRI suite)"
 	@$(CARGO) test --release --workspace --exclude heteropod-conformance
+	@$(MAKE) --no-print-directory fuzz
+
+# What a peer writes into shared memory, fuzzed under AddressSanitizer: the region
+# opener, the ring reader and the frame decoder, 60 s each (HETEROPOD_FUZZ_SECONDS).
+.PHONY: fuzz
+fuzz:
+	@echo "==> hack/fuzz.sh (cargo fuzz, ASan: region_open ring_frames frame_decode, $${HETEROPOD_FUZZ_SECONDS:-60} s each)"
+	@hack/fuzz.sh
 
 test-conformance:
 	@hack/run-conformance.sh

@@ -97,6 +97,24 @@ proptest! {
     }
 
     #[test]
+    fn fuzz_region_opener_never_panics(data in prop::collection::vec(any::<u8>(), 0..1024)) {
+        heteronet::fuzzing::opener(&data);
+    }
+
+    /// Random bytes rarely make a header that opens: these start from one that
+    /// does (20 KiB memfd, or slot 1 of 2 of a 40 KiB one) and script the rest.
+    #[test]
+    fn fuzz_region_opener_drives_opened_rings(
+        windowed in any::<bool>(),
+        script in prop::collection::vec(any::<u8>(), 0..2048),
+    ) {
+        let mut data = if windowed { vec![1, 0x00, 0x14, 1, 2] } else { vec![0, 0x00, 0x0a] };
+        data.extend([0u8; 80]);
+        data.extend(script);
+        prop_assert!(heteronet::fuzzing::opener(&data), "the valid header did not open");
+    }
+
+    #[test]
     fn fuzz_frame_decode_never_panics(data in prop::collection::vec(any::<u8>(), 0..64)) {
         heteronet::fuzzing::frame(&data);
     }
