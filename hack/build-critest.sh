@@ -30,9 +30,14 @@ CRITEST_NONEWPRIVS_IMAGE="registry.k8s.io/e2e-test-images/nonewprivs:1.3"
 # shellcheck disable=SC2034 # read by run-critest.sh, which sources this file
 CRITEST_IMAGES=(critest-busybox critest-nginx critest-hostnet-nginx critest-httpd critest-nonewprivs)
 
-# The go command: on PATH, or where the Go tarball installs it.
+# The go command: $GO, else on PATH, else where the Go tarball installs it.
 find_go() {
-    local go
+    local go=${GO:-}
+    if [[ -n $go ]]; then
+        [[ -x $go ]] || die "GO=$go is not an executable"
+        printf '%s\n' "$go"
+        return
+    fi
     go="$(command -v go || true)"
     [[ -n $go ]] || { [[ -x /usr/local/go/bin/go ]] && go=/usr/local/go/bin/go; }
     [[ -n $go ]] || die "go not found (critest is built from cri-tools with Go; go.mod in $CRITEST_DIR names the version)"
