@@ -53,13 +53,20 @@ test-unit:
 	@echo "==> cargo test (workspace, without the CRI suite)"
 	@$(CARGO) test --release --workspace --exclude heteropod-conformance
 	@$(MAKE) --no-print-directory fuzz
+	@$(MAKE) --no-print-directory valgrind
 
 # What a peer writes into shared memory, fuzzed under AddressSanitizer: the region
 # opener, the ring reader and the frame decoder, 60 s each (HETEROPOD_FUZZ_SECONDS).
 .PHONY: fuzz
-fuzz:
+fuzz: deps
 	@echo "==> hack/fuzz.sh (cargo fuzz, ASan: region_open ring_frames frame_decode, $${HETEROPOD_FUZZ_SECONDS:-60} s each)"
 	@hack/fuzz.sh
+
+# The region and ring tests (a named subset of heteronet's) under valgrind's memcheck.
+.PHONY: valgrind
+valgrind: deps
+	@echo "==> hack/valgrind.sh (memcheck on the region, window, ring and slot-link tests; ring_stress left out, too slow)"
+	@hack/valgrind.sh
 
 test-conformance:
 	@hack/run-conformance.sh

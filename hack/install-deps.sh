@@ -14,6 +14,7 @@ set -euo pipefail
 #   pkg-config: crates with system libraries; procps psmisc util-linux: scripts
 #   qemu-system-x86 cpio xz-utils: the DPU in a QEMU guest (hack/qemu/);
 #   its tests are part of `make test`
+#   valgrind: the region and ring tests under memcheck (hack/valgrind.sh, `make test`)
 PACKAGES=(
     containerd runc containernetworking-plugins
     iptables iproute2 protobuf-compiler
@@ -21,6 +22,7 @@ PACKAGES=(
     umoci skopeo build-essential libc6-dev pkg-config
     procps psmisc util-linux ca-certificates
     qemu-system-x86 cpio xz-utils
+    valgrind
 )
 # Local registry for offline CRI PullImage (hack/registry.sh).
 [[ ${HETEROPOD_REGISTRY:-1} == 0 ]] || PACKAGES+=(docker-registry)
