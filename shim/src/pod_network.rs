@@ -32,6 +32,15 @@ use crate::{
 /// can remove them after the shim died.
 const MARKER_FILE: &str = "dpu-pod-network.json";
 
+/// Where the two relays of each Pod meet (the rendezvous socket, and the fast
+/// path's sockets beside it): one directory per Pod network with a random
+/// name, all in a directory only root may enter. Not `/dev/shm`: there any
+/// local user could take a predictable name first, or bind the socket while a
+/// relay restarts.
+pub const MEET_DIR: &str = "/run/heteropod/pods";
+/// The rendezvous socket's name in a Pod's meeting directory.
+const RENDEZVOUS_NAME: &str = "link.sock";
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 struct Marker {
     endpoint: String,
@@ -41,6 +50,10 @@ struct Marker {
     pod_id: String,
     relay_pid: u32,
     region: String,
+    /// The rendezvous socket, whose directory goes with the Pod (empty in
+    /// markers written before it moved out of /dev/shm, and for ivshmem links).
+    #[serde(default)]
+    rendezvous: String,
 }
 
 /// What the DPU half of one Pod network needs.
@@ -66,22 +79,97 @@ pub struct PodNetworkSpec {
     pub relay_cpus: Option<String>,
 }
 
+/// Where the CPU relay of Pod `pod_id` serves its counters (`heteropod status`
+/// finds it by the same name).
+fn stats_socket_of(pod_id: &str) -> String {
+    let short: String = pod_id.chars().take(16).collect();
+    format!("/dev/shm/heteropod-{short}.stats.sock")
+}
+
+/// 128 bits from the kernel's random source, as hex: a name no one can guess.
+fn unpredictable_name() -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Makes `dir` (a Pod's meeting directory) and its parent, both 0700 and this
+/// process's (root's). An existing parent is taken only if it is ours and
+/// nobody else may enter it; the Pod's own directory must not exist yet.
+fn make_meet_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let parent = dir
+        .parent()
+        .ok_or_else(|| std::io::Error::other("meeting directory has no parent"))?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(parent)?;
+    let meta = std::fs::symlink_metadata(parent)?;
+    if !meta.is_dir() || meta.uid() != nix::unistd::geteuid().as_raw() {
+        return Err(std::io::Error::other(format!(
+            "{} is not a directory of this user",
+            parent.display()
+        )));
+    }
+    if meta.mode() & 0o077 != 0 {
+        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700))?;
+    }
+    // Not recursive: a directory already there is an error, not a meeting place.
+    std::fs::DirBuilder::new().mode(0o700).create(dir)?;
+    // Whatever the umask: only root.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// A Pod's meeting directory: removed (with the sockets in it) when dropped,
+/// i.e. once the network is destroyed or its creation failed.
+struct MeetDir(PathBuf);
+
+impl Drop for MeetDir {
+    fn drop(&mut self) {
+        remove_meet_dir(&self.0);
+    }
+}
+
+/// Removes a meeting directory, only if it is one (inside [`MEET_DIR`]).
+fn remove_meet_dir(dir: &Path) {
+    if dir.parent() != Some(Path::new(MEET_DIR)) {
+        return;
+    }
+    if let Err(e) = std::fs::remove_dir_all(dir) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!("remove {}: {e}", dir.display());
+        }
+    }
+}
+
 impl PodNetworkSpec {
-    pub fn new(pod_id: &str, cpu_netns: &str, pod_ip: &str) -> PodNetworkSpec {
+    pub fn new(pod_id: &str, cpu_netns: &str, pod_ip: &str) -> Result<PodNetworkSpec> {
         // Short and unique enough per node; shm names are plain file names.
         let short: String = pod_id.chars().take(16).collect();
         let region = format!("shm:/heteropod-{short}");
-        PodNetworkSpec {
+        let meet = Path::new(MEET_DIR).join(
+            unpredictable_name().map_err(Error::io("read /dev/urandom for a meeting directory"))?,
+        );
+        Ok(PodNetworkSpec {
             pod_id: pod_id.to_string(),
             cpu_netns: cpu_netns.to_string(),
             pod_ip: pod_ip.to_string(),
             agent_region: region.clone(),
             region,
-            rendezvous: format!("/dev/shm/heteropod-{short}.sock"),
-            stats_socket: format!("/dev/shm/heteropod-{short}.stats.sock"),
+            rendezvous: meet.join(RENDEZVOUS_NAME).to_string_lossy().into_owned(),
+            stats_socket: stats_socket_of(pod_id),
             udp_forward: Vec::new(),
             relay_cpus: None,
-        }
+        })
+    }
+
+    /// The directory the rendezvous socket is in (`None` for an ivshmem link).
+    fn meet_dir(&self) -> Option<&Path> {
+        Some(Path::new(&self.rendezvous))
+            .filter(|p| !p.as_os_str().is_empty())
+            .and_then(Path::parent)
     }
 
     /// The link through BAR slot `lease` of the guest's ivshmem device: the
@@ -106,6 +194,8 @@ pub struct PodNetwork {
     orphans_dir: PathBuf,
     /// The BAR slot of an ivshmem link, freed with the network.
     slot: Option<SlotLease>,
+    /// Where the relays meet (shm links); last, so it goes after the relays.
+    _meet: Option<MeetDir>,
 }
 
 fn write_marker(path: &Path, marker: &Marker) {
@@ -141,7 +231,7 @@ pub async fn dpu_half(
         return Ok(Some(net.dpu_netns.clone()));
     }
     let ip = pod_ip(cpu_netns).await?;
-    let mut net_spec = PodNetworkSpec::new(pod_id, cpu_netns, &ip);
+    let mut net_spec = PodNetworkSpec::new(pod_id, cpu_netns, &ip)?;
     if let Some(path) = &spec.resolv_conf {
         // Unreadable: the DPU half just has no DNS; the Pod still runs.
         let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -175,6 +265,7 @@ pub async fn dpu_half(
             pod_id: pod_id.clone(),
             relay_pid: net.relay.as_ref().map_or(0, RelaySupervisor::pid),
             region: net_spec.region.clone(),
+            rendezvous: net_spec.rendezvous.clone(),
         };
         let path = bundle.join(MARKER_FILE);
         write_marker(&path, &marker);
@@ -224,9 +315,10 @@ pub async fn cleanup(bundle: &Path) -> Result<()> {
         remove_quietly(&file);
         remove_quietly(&file.with_extension("sock"));
     }
-    remove_quietly(Path::new(
-        &PodNetworkSpec::new(&marker.pod_id, "", "").stats_socket,
-    ));
+    remove_quietly(Path::new(&stats_socket_of(&marker.pod_id)));
+    if let Some(dir) = Path::new(&marker.rendezvous).parent() {
+        remove_meet_dir(dir);
+    }
     let lease = ivshmem_slots::lease_of_region(&marker.region, &marker.pod_id);
     let key_file = Some(Path::new(&marker.key_file)).filter(|_| !marker.key_file.is_empty());
     let agent = AgentClient::connect_with_key(&marker.endpoint, key_file).await?;
@@ -297,6 +389,17 @@ impl PodNetwork {
         slot: Option<SlotLease>,
     ) -> Result<Self> {
         let (endpoint, relay_bin) = (dpu.endpoint.as_str(), dpu.relay.as_str());
+        // Before either relay binds or connects there.
+        let meet = match spec.meet_dir() {
+            Some(dir) => {
+                make_meet_dir(dir).map_err(Error::io(format!(
+                    "create the relays' meeting directory {}",
+                    dir.display()
+                )))?;
+                Some(MeetDir(dir.to_path_buf()))
+            }
+            None => None,
+        };
         let agent = AgentClient::connect_with_key(endpoint, dpu.key_file())
             .await
             .map_err(|e| {
@@ -342,6 +445,7 @@ impl PodNetwork {
             marker,
             orphans_dir: PathBuf::from(&dpu.orphans_dir),
             slot,
+            _meet: meet,
         };
         match net.agent.create_pod_network(req).await {
             Ok(r) => {
@@ -437,11 +541,134 @@ mod tests {
 
     #[test]
     fn spec_names_are_plain_shm_names() {
-        let sut = PodNetworkSpec::new("0123456789abcdef0123", "/run/netns/x", "10.0.0.1/8");
+        let sut =
+            PodNetworkSpec::new("0123456789abcdef0123", "/run/netns/x", "10.0.0.1/8").unwrap();
         assert_eq!(sut.region, "shm:/heteropod-0123456789abcdef");
-        assert_eq!(sut.rendezvous, "/dev/shm/heteropod-0123456789abcdef.sock");
         assert_eq!(sut.agent_region, sut.region);
         assert!(cpu_relay_args(&sut).contains(&"--rendezvous".to_string()));
+    }
+
+    #[test]
+    fn the_relays_meet_in_a_random_directory_under_the_root_only_one() {
+        let a = PodNetworkSpec::new("0123456789abcdef0123", "/run/netns/x", "10.0.0.1/8").unwrap();
+        let b = PodNetworkSpec::new("0123456789abcdef0123", "/run/netns/x", "10.0.0.1/8").unwrap();
+        for sut in [&a, &b] {
+            let dir = sut.meet_dir().unwrap();
+            assert_eq!(
+                dir.parent(),
+                Some(Path::new(MEET_DIR)),
+                "{}",
+                sut.rendezvous
+            );
+            let name = dir.file_name().unwrap().to_str().unwrap();
+            assert!(
+                name.len() == 32 && name.chars().all(|c| c.is_ascii_hexdigit()),
+                "{name}"
+            );
+            assert!(
+                !name.contains("0123456789abcdef"),
+                "the Pod id is guessable: {name}"
+            );
+        }
+        assert_ne!(
+            a.rendezvous, b.rendezvous,
+            "the same Pod got the same directory twice"
+        );
+    }
+
+    /// Runs python `script` as user nobody; its stdout, trimmed.
+    fn as_nobody(script: &str) -> String {
+        let out = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            // Debian's: a PATH entry of root's (pyenv) is not nobody's to run.
+            .args(["/usr/bin/python3", "-c", script])
+            .output()
+            .expect("setpriv");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "python as nobody: {err}");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    #[test]
+    fn a_meeting_directory_is_roots_alone_and_goes_with_the_network() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIP: needs root (to be another user than nobody)");
+            return;
+        }
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let spec = PodNetworkSpec::new("0123456789abcdef0123", "", "").unwrap();
+        let dir = spec.meet_dir().unwrap().to_path_buf();
+        make_meet_dir(&dir).unwrap();
+        let guard = MeetDir(dir.clone());
+        for d in [dir.as_path(), Path::new(MEET_DIR)] {
+            let meta = std::fs::metadata(d).unwrap();
+            assert_eq!(meta.mode() & 0o7777, 0o700, "{}", d.display());
+            assert_eq!(meta.uid(), 0, "{}", d.display());
+        }
+        let _listener = std::os::unix::net::UnixListener::bind(&spec.rendezvous).unwrap();
+        // Even with the socket's own mode wide open, nobody can reach it or
+        // bind one beside it (where the fast path's sockets go).
+        std::fs::set_permissions(&spec.rendezvous, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let script = format!(
+            r#"
+import socket
+for what, path in (("connect", {sock:?}), ("bind", {fast:?})):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        getattr(s, what)(path)
+        print(what, "ok")
+    except PermissionError:
+        print(what, "refused")
+"#,
+            sock = spec.rendezvous,
+            fast = dir.join("link.sock.fast").display().to_string(),
+        );
+        assert_eq!(as_nobody(&script), "connect refused\nbind refused");
+        // A second network cannot be handed the same directory.
+        assert!(make_meet_dir(&dir).is_err());
+        drop(guard);
+        assert!(!dir.exists(), "meeting directory left");
+    }
+
+    #[tokio::test]
+    async fn shim_delete_removes_a_dead_shims_meeting_directory() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIP: needs root ({MEET_DIR})");
+            return;
+        }
+        let spec = PodNetworkSpec::new("0123456789abcdef0123", "", "").unwrap();
+        let dir = spec.meet_dir().unwrap().to_path_buf();
+        make_meet_dir(&dir).unwrap();
+        let bundle = tempfile::tempdir().unwrap();
+        let marker = Marker {
+            endpoint: "unix:///nonexistent/agent.sock".into(),
+            key_file: String::new(),
+            pod_id: spec.pod_id.clone(),
+            relay_pid: 0,
+            region: spec.region.clone(),
+            rendezvous: spec.rendezvous.clone(),
+        };
+        write_marker(&bundle.path().join(MARKER_FILE), &marker);
+        // The agent is unreachable here; what is on this host goes first anyway.
+        let _ = cleanup(bundle.path()).await;
+        assert!(!dir.exists(), "meeting directory left");
+    }
+
+    #[test]
+    fn a_lax_meeting_parent_is_tightened_and_a_strangers_refused() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let tmp = tempfile::tempdir().unwrap();
+        let parent = tmp.path().join("pods");
+        std::fs::create_dir(&parent).unwrap();
+        std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o777)).unwrap();
+        make_meet_dir(&parent.join("a")).unwrap();
+        let mode = std::fs::metadata(&parent).unwrap().mode() & 0o7777;
+        assert_eq!(mode, 0o700);
+        if nix::unistd::geteuid().is_root() {
+            // A parent another user made (or could make) is not used.
+            std::os::unix::fs::chown(&parent, Some(65534), None).unwrap();
+            assert!(make_meet_dir(&parent.join("b")).is_err());
+        }
     }
 
     #[test]
@@ -454,7 +681,7 @@ mod tests {
         };
         SlotLease::acquire(dir.path(), 8, "other-pod").unwrap();
         let lease = SlotLease::acquire(dir.path(), 8, "pod").unwrap();
-        let mut sut = PodNetworkSpec::new("pod", "/run/netns/x", "10.0.0.1/8");
+        let mut sut = PodNetworkSpec::new("pod", "/run/netns/x", "10.0.0.1/8").unwrap();
         sut.use_ivshmem(&dpu, &lease);
         assert_eq!(sut.region, "ivshmem:/run/hp/qemu/ivshmem.sock@1/8");
         assert_eq!(sut.agent_region, "pci:0000:00:04.0/2@1/8");
@@ -477,6 +704,7 @@ mod tests {
             pod_id: "pod".into(),
             relay_pid: 0,
             region: lease.window(&format!("ivshmem:{}", socket.display())),
+            rendezvous: String::new(),
         };
         let found = ivshmem_slots::lease_of_region(&marker.region, &marker.pod_id);
         assert_eq!(found, Some(lease));
