@@ -45,10 +45,26 @@ mkdir -p "$LOG_DIR"
 skip_regex="$("${GATE[@]}" skip-regex "$SKIPS")" || die "cannot read $SKIPS"
 
 started=0
-node_config_changed=0
+# The node config as the passes found it, put back after each pass that changes it.
+node_config_saved=$LOG_DIR/node-config.toml.orig
+rm -f "$node_config_saved"
+# set_placement cpu|dpu: [placement] default for the next pass (the shim reads
+# the node config when a Pod starts: no restart needed).
+set_placement() {
+    [[ -f $node_config_saved ]] || cp -p "$HETEROPOD_CONFIG" "$node_config_saved"
+    DPU_PLACEMENT_DEFAULT=$1 write_dpu_node_config
+    grep -q "^default = \"$1\"\$" "$HETEROPOD_CONFIG" ||
+        die "the node config $HETEROPOD_CONFIG did not take [placement] default = \"$1\""
+}
+restore_node_config() {
+    if [[ -f $node_config_saved ]]; then
+        cp -p "$node_config_saved" "$HETEROPOD_CONFIG"
+        rm -f "$node_config_saved"
+    fi
+}
 # shellcheck disable=SC2317 # called by the EXIT trap
 teardown() {
-    ((node_config_changed)) && write_dpu_node_config
+    restore_node_config
     if ((started)); then
         "$REPO/hack/down.sh" || warn "hack/down.sh failed"
     fi
@@ -135,7 +151,16 @@ run_pass() {
 for pass in $PASSES; do
     case $pass in
         runc) run_pass runc runc ;;
-        heteropod) run_pass heteropod heteropod ;;
+        heteropod)
+            # Containers where no annotation places them: on the CPU, whatever
+            # an earlier `make up` (DPU_PLACEMENT_DEFAULT) left in the node config.
+            [[ -z ${HETEROPOD_NODE_CONFIG:-} ]] && dpu_running && set_placement cpu
+            if grep -q '^default = "dpu"$' "$HETEROPOD_CONFIG" 2>/dev/null; then
+                warn "the node config $HETEROPOD_CONFIG places containers on the DPU: the heteropod pass is force-offloaded"
+            fi
+            run_pass heteropod heteropod
+            restore_node_config
+            ;;
         heteropod-force-offload)
             if [[ $HETEROPOD_DPU != 1 ]]; then
                 warn "critest heteropod-force-offload SKIPPED: HETEROPOD_DPU=$HETEROPOD_DPU (no DPU)"
@@ -157,14 +182,9 @@ for pass in $PASSES; do
                 DETAIL+=("critest heteropod-force-offload: FAILED: the DPU agent is not running (HETEROPOD_DPU=0 opts out)")
                 continue
             fi
-            # The shim reads the node config when a Pod starts: no restart needed.
-            node_config_changed=1
-            DPU_PLACEMENT_DEFAULT=dpu write_dpu_node_config
-            grep -q '^default = "dpu"$' "$HETEROPOD_CONFIG" ||
-                die "the node config $HETEROPOD_CONFIG did not take [placement] default = \"dpu\""
+            set_placement dpu
             run_pass heteropod-force-offload heteropod
-            write_dpu_node_config
-            node_config_changed=0
+            restore_node_config
             ;;
         *) die "unknown critest pass '$pass' (CRITEST_PASSES: runc heteropod heteropod-force-offload)" ;;
     esac
