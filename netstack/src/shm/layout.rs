@@ -124,6 +124,12 @@ impl Layout {
                 return Err(HeaderError::BadLayout("max record"));
             }
         }
+        // Every creator lays a region out with `with_ring_bytes`, so the header
+        // must be exactly what that gives for its ring size: a layout this code
+        // never writes is refused, however consistent it looks.
+        if *self != Layout::with_ring_bytes(self.rings[0].capacity)? {
+            return Err(HeaderError::BadLayout("not the layout of its ring size"));
+        }
         Ok(())
     }
 }
@@ -283,6 +289,37 @@ mod tests {
             Header::decode(&b, 100),
             Err(HeaderError::TooSmall(100))
         ));
+    }
+
+    #[test]
+    fn a_consistent_layout_other_than_the_recomputed_one_is_refused() {
+        let h = sut();
+        let size = h.layout.total_size + 4096;
+        // Ring 1 a page further on, the total grown to match: every relation
+        // the rings rely on still holds.
+        let mut b = h.encode();
+        let r1 = h.layout.rings[1].offset + 4096;
+        b[64..72].copy_from_slice(&r1.to_le_bytes());
+        b[16..24].copy_from_slice(&size.to_le_bytes());
+        assert!(matches!(
+            Header::decode(&b, size),
+            Err(HeaderError::BadLayout("not the layout of its ring size"))
+        ));
+        // A smaller (valid) largest record.
+        let mut b = h.encode();
+        b[40..44].copy_from_slice(&64u32.to_le_bytes());
+        assert!(matches!(
+            Header::decode(&b, size),
+            Err(HeaderError::BadLayout("not the layout of its ring size"))
+        ));
+        // Each layout the creator writes opens, window-sized ones included.
+        for l in [
+            Layout::with_ring_bytes(4096).unwrap(),
+            Layout::fitting(1 << 20).unwrap(),
+        ] {
+            let h = Header { layout: l, ..h };
+            assert_eq!(Header::decode(&h.encode(), l.total_size).unwrap(), h);
+        }
     }
 
     #[test]
