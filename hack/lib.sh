@@ -66,6 +66,7 @@ CNI_CACHE_DIR="${CNI_CACHE_DIR:-/var/lib/cni}"
 IMAGE_CACHE="${IMAGE_CACHE:-$HETEROPOD_ROOT/images}"
 PAUSE_IMAGE="${PAUSE_IMAGE:-localhost/heteropod/pause:1.0}"
 BUSYBOX_IMAGE="${BUSYBOX_IMAGE:-localhost/heteropod/busybox:1.0}"
+IPTABLES_IMAGE="${IPTABLES_IMAGE:-localhost/heteropod/iptables:1.0}"
 
 # Local registry so CRI PullImage works offline: containerd maps the registry
 # host "localhost" (our image names) to it through a hosts.toml.

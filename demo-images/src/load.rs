@@ -199,7 +199,7 @@ mod tests {
         let addr = l.local_addr().unwrap();
         let stats = Arc::new(ProxyStats::default());
         let s = stats.clone();
-        std::thread::spawn(move || proxy::serve(l, upstream, s, |_| {}));
+        std::thread::spawn(move || proxy::serve(l, proxy::Upstream::Fixed(upstream), s, |_| {}));
         (addr, stats)
     }
 

@@ -115,3 +115,23 @@ c.recv(1)
     };
     assert!(err.to_string().contains("another user"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_directory_the_creator_makes_is_its_own() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("pods/pod-a/link.sock");
+    let listener = LinkBuilder::new(shm("dirmode"))
+        .side(Side::Cpu)
+        .ring_bytes(64 * 1024)
+        .rendezvous(&sock)
+        .create()
+        .unwrap();
+    for d in [dir.path().join("pods"), dir.path().join("pods/pod-a")] {
+        let mode = std::fs::metadata(&d).unwrap().mode() & 0o7777;
+        assert_eq!(mode, 0o700, "{}", d.display());
+    }
+    let mode = std::fs::metadata(&sock).unwrap().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    drop(listener);
+}

@@ -118,14 +118,18 @@ fn relays_keep_only_the_capabilities_they_need() {
     const NET_BIND_SERVICE: u64 = 1 << 10;
     const NET_ADMIN: u64 = 1 << 12;
     const NET_RAW: u64 = 1 << 13;
+    const SETUID: u64 = 1 << 7;
     let pod = Pod::with(PodOptions {
         capture_egress: true,
         ..Default::default()
     });
     let cpu = pod.cpu.pid();
     let dpu = pod.dpu.pid();
-    assert_eq!(cap_field(cpu, "CapEff:"), NET_BIND_SERVICE);
-    assert_eq!(cap_field(cpu, "CapBnd:"), NET_BIND_SERVICE);
+    // The CPU side re-makes the other half's egress under its owner's fsuid
+    // (the Pod's `-m owner` rules) and loads the other half's nat rules.
+    let cpu_caps = NET_BIND_SERVICE | NET_ADMIN | NET_RAW | SETUID;
+    assert_eq!(cap_field(cpu, "CapEff:"), cpu_caps);
+    assert_eq!(cap_field(cpu, "CapBnd:"), cpu_caps);
     // The capturing side keeps what SO_MARK and the iptables cleanup need.
     let egress = NET_BIND_SERVICE | NET_ADMIN | NET_RAW;
     assert_eq!(cap_field(dpu, "CapEff:"), egress);

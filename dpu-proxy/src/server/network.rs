@@ -509,7 +509,16 @@ async fn make_netns(reaper: &Reaper, netns: &Path, ip: &str) -> Result<()> {
         in_netns(reaper, netns, &["ip", "link", "set", POD_PEER, "up"]).await?;
     }
     in_netns(reaper, netns, &["ip", "addr", "add", ip, "dev", POD_DEVICE]).await?;
-    in_netns(reaper, netns, &["ip", "link", "set", POD_DEVICE, "up"]).await
+    in_netns(reaper, netns, &["ip", "link", "set", POD_DEVICE, "up"]).await?;
+    // Every destination routes (to the device, where nothing answers), so a
+    // connect outside the Pod subnet reaches nat OUTPUT, where the relay
+    // captures it, instead of failing with ENETUNREACH.
+    in_netns(
+        reaper,
+        netns,
+        &["ip", "route", "add", "default", "dev", POD_DEVICE],
+    )
+    .await
 }
 
 fn remove_netns(netns: &Path) {

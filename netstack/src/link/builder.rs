@@ -204,10 +204,17 @@ impl LinkBuilder {
             u32::from(self.side.code()),
         )?);
         if let Some(dir) = sock.parent() {
-            std::fs::create_dir_all(dir).map_err(|source| Error::Rendezvous {
-                context: "create socket directory",
-                source,
-            })?;
+            // A directory made here is the relays' alone (one that exists,
+            // such as /dev/shm or the shim's per-Pod one, is left as it is).
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|source| Error::Rendezvous {
+                    context: "create socket directory",
+                    source,
+                })?;
         }
         let _ = std::fs::remove_file(&sock);
         let listener = UnixListener::bind(&sock).map_err(|source| Error::Rendezvous {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::frame::{parse_header, Destination, Kind, QueuedFrame, HDR};
+use super::frame::{parse_header, Destination, Kind, QueuedFrame, HDR, OPEN_MAX};
 use super::shared::{inc, Shared, TxSlot};
 use super::stream::{MuxStream, StreamState};
 use super::MuxEvent;
@@ -240,7 +240,7 @@ fn on_frame(shared: &Arc<Shared>, epoch: u64, rec: Record<'_>) -> Result<()> {
             }
         }
         Kind::Open => {
-            let mut b = [0u8; 40];
+            let mut b = [0u8; OPEN_MAX];
             let n = rec.read(HDR, &mut b);
             let peer_parity = u32::from(shared.tx().parity == 0);
             let dest = if plen > b.len() || id & 1 != peer_parity {

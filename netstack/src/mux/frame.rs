@@ -54,12 +54,32 @@ pub enum Proto {
     Udp,
 }
 
-/// Where a stream goes: protocol, original destination, optional original source.
+/// Largest encoded [`Destination`]: proto, flags, three v6 addresses, owner.
+pub const OPEN_MAX: usize = 64;
+
+const HAS_SRC: u8 = 1;
+const HAS_ORIG: u8 = 2;
+const HAS_OWNER: u8 = 4;
+const ROUND_TRIP: u8 = 8;
+
+/// Where a stream goes: protocol, the address to connect to in the peer half,
+/// and what the peer needs to make that connection look like the captured one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Destination {
     pub proto: Proto,
     pub addr: SocketAddr,
+    /// The connecting socket's address, when known.
     pub src: Option<SocketAddr>,
+    /// Where the connection was going before the Pod's own iptables rules
+    /// redirected it to `addr` (a mesh sidecar's capture port): the peer
+    /// delivers it so that the listener's `SO_ORIGINAL_DST` says this.
+    pub orig: Option<SocketAddr>,
+    /// Owner (uid) of the connecting socket, so the peer's socket matches the
+    /// Pod's `-m owner` rules the same way (a sidecar's own traffic).
+    pub owner: Option<u32>,
+    /// The connection was made by the relay pair itself (re-made for the
+    /// other half) and then captured again by the Pod's rules.
+    pub round_trip: bool,
 }
 
 impl Destination {
@@ -68,23 +88,18 @@ impl Destination {
             proto,
             addr,
             src: None,
+            orig: None,
+            owner: None,
+            round_trip: false,
         }
     }
 
     pub fn tcp(addr: SocketAddr) -> Destination {
-        Destination {
-            proto: Proto::Tcp,
-            addr,
-            src: None,
-        }
+        Destination::new(Proto::Tcp, addr)
     }
 
     pub fn udp(addr: SocketAddr) -> Destination {
-        Destination {
-            proto: Proto::Udp,
-            addr,
-            src: None,
-        }
+        Destination::new(Proto::Udp, addr)
     }
 
     pub fn with_src(mut self, src: SocketAddr) -> Destination {
@@ -92,18 +107,47 @@ impl Destination {
         self
     }
 
-    /// Encodes into `out`; returns the used length (at most 40 bytes).
-    pub fn encode(&self, out: &mut [u8; 40]) -> usize {
+    pub fn with_orig(mut self, orig: SocketAddr) -> Destination {
+        self.orig = Some(orig);
+        self
+    }
+
+    pub fn with_owner(mut self, uid: u32) -> Destination {
+        self.owner = Some(uid);
+        self
+    }
+
+    pub fn with_round_trip(mut self) -> Destination {
+        self.round_trip = true;
+        self
+    }
+
+    /// Encodes into `out`; returns the used length (at most [`OPEN_MAX`]).
+    pub fn encode(&self, out: &mut [u8; OPEN_MAX]) -> usize {
         out[0] = match self.proto {
             Proto::Tcp => 0,
             Proto::Udp => 1,
         };
-        out[1] = u8::from(self.src.is_some());
+        let mut flags = 0;
         let mut n = 2;
         n += put_addr(&self.addr, &mut out[n..]);
         if let Some(src) = &self.src {
+            flags |= HAS_SRC;
             n += put_addr(src, &mut out[n..]);
         }
+        if let Some(orig) = &self.orig {
+            flags |= HAS_ORIG;
+            n += put_addr(orig, &mut out[n..]);
+        }
+        if let Some(uid) = self.owner {
+            flags |= HAS_OWNER;
+            out[n..n + 4].copy_from_slice(&uid.to_le_bytes());
+            n += 4;
+        }
+        if self.round_trip {
+            flags |= ROUND_TRIP;
+        }
+        out[1] = flags;
         n
     }
 
@@ -117,17 +161,38 @@ impl Destination {
             1 => Proto::Udp,
             _ => return Err(bad),
         };
-        let (addr, used) = get_addr(&b[2..]).ok_or(Error::Protocol("bad open address"))?;
-        let src = match b[1] {
-            0 => None,
-            1 => Some(
-                get_addr(&b[2 + used..])
-                    .ok_or(Error::Protocol("bad open source"))?
-                    .0,
-            ),
-            _ => return Err(bad),
+        let flags = b[1];
+        if flags & !(HAS_SRC | HAS_ORIG | HAS_OWNER | ROUND_TRIP) != 0 {
+            return Err(bad);
+        }
+        let mut at = 2;
+        let mut next = |what: &'static str| -> Result<SocketAddr> {
+            let (a, used) =
+                get_addr(b.get(at..).unwrap_or_default()).ok_or(Error::Protocol(what))?;
+            at += used;
+            Ok(a)
         };
-        Ok(Destination { proto, addr, src })
+        let addr = next("bad open address")?;
+        let src = (flags & HAS_SRC != 0)
+            .then(|| next("bad open source"))
+            .transpose()?;
+        let orig = (flags & HAS_ORIG != 0)
+            .then(|| next("bad open original destination"))
+            .transpose()?;
+        let owner = if flags & HAS_OWNER != 0 {
+            let w = b.get(at..at + 4).ok_or(Error::Protocol("bad open owner"))?;
+            Some(u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+        } else {
+            None
+        };
+        Ok(Destination {
+            proto,
+            addr,
+            src,
+            orig,
+            owner,
+            round_trip: flags & ROUND_TRIP != 0,
+        })
     }
 }
 
@@ -226,9 +291,16 @@ mod tests {
             Destination::udp("[::1]:53".parse().unwrap())
                 .with_src("10.0.0.2:5000".parse().unwrap()),
             Destination::tcp("[fe80::1]:1".parse().unwrap()).with_src("[::2]:2".parse().unwrap()),
+            Destination::tcp("[::1]:15001".parse().unwrap())
+                .with_src("[::2]:2".parse().unwrap())
+                .with_orig("[fd00::9]:8080".parse().unwrap())
+                .with_owner(1337)
+                .with_round_trip(),
+            Destination::tcp("127.0.0.1:15006".parse().unwrap())
+                .with_orig("10.88.0.5:8080".parse().unwrap()),
         ];
         for d in cases {
-            let mut b = [0u8; 40];
+            let mut b = [0u8; OPEN_MAX];
             let n = d.encode(&mut b);
             assert_eq!(Destination::decode(&b[..n]).unwrap(), d);
         }
@@ -236,12 +308,22 @@ mod tests {
 
     #[test]
     fn truncated_open_frames_are_errors() {
-        let d =
-            Destination::tcp("[::1]:8080".parse().unwrap()).with_src("[::2]:1".parse().unwrap());
-        let mut b = [0u8; 40];
+        let d = Destination::tcp("[::1]:8080".parse().unwrap())
+            .with_src("[::2]:1".parse().unwrap())
+            .with_orig("[::3]:2".parse().unwrap())
+            .with_owner(7);
+        let mut b = [0u8; OPEN_MAX];
         let n = d.encode(&mut b);
         for cut in 0..n {
             assert!(Destination::decode(&b[..cut]).is_err());
         }
+    }
+
+    #[test]
+    fn unknown_open_flags_are_errors() {
+        let mut b = [0u8; OPEN_MAX];
+        let n = Destination::tcp("127.0.0.1:1".parse().unwrap()).encode(&mut b);
+        b[1] = 16;
+        assert!(Destination::decode(&b[..n]).is_err());
     }
 }

@@ -10,7 +10,7 @@ use std::task::{Context, Poll, Waker};
 
 use tokio::sync::{mpsc, watch, Notify};
 
-use super::frame::{header, Destination, Kind, QueuedFrame, HDR};
+use super::frame::{header, Destination, Kind, QueuedFrame, HDR, OPEN_MAX};
 use super::stream::{MuxStream, StreamState};
 use super::{MuxConfig, MuxEvent, MuxStats};
 use crate::error::{Error, Result};
@@ -377,7 +377,7 @@ impl Shared {
             return Err(Error::Protocol("stream id in use"));
         }
         let stream = MuxStream::new(st, self.clone());
-        let mut buf = [0u8; 40];
+        let mut buf = [0u8; OPEN_MAX];
         let n = dest.encode(&mut buf);
         self.send(epoch, &header(Kind::Open, id), &buf[..n]).await?;
         Ok(stream)

@@ -27,6 +27,9 @@ pub enum Control {
     Listeners { set: Vec<ListenerSpec> },
     /// Asks the receiver to send its listeners now.
     Resync,
+    /// The sender's (DPU) half's own `nat` rules, for the CPU half to load
+    /// ([`super::pod_rules`]).
+    PodRules { rules: Vec<String> },
 }
 
 impl Control {
@@ -39,10 +42,14 @@ impl Control {
             return Err(Error::ControlTooLarge(bytes.len()));
         }
         let msg: Control = serde_json::from_slice(bytes)?;
-        if let Control::Listeners { set } = &msg {
-            if set.len() > MAX_LISTENERS {
+        match &msg {
+            Control::Listeners { set } if set.len() > MAX_LISTENERS => {
                 return Err(Error::ControlTooLarge(set.len()));
             }
+            Control::PodRules { rules } if rules.len() > super::pod_rules::MAX_RULES => {
+                return Err(Error::ControlTooLarge(rules.len()));
+            }
+            _ => {}
         }
         Ok(msg)
     }

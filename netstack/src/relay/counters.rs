@@ -26,6 +26,11 @@ pub struct Counters {
     pub udp_datagrams_in: AtomicU64,
     pub control_errors: AtomicU64,
     pub peer_gone: AtomicU64,
+    /// Connections the Pod's own rules redirected (a mesh sidecar's capture),
+    /// sent (CPU side) or delivered (DPU side) with their original destination.
+    pub captured: AtomicU64,
+    /// Connections refused because they came back into the relay pair.
+    pub loops_refused: AtomicU64,
     /// Fast-path connections: brokered (CPU side) or served (DPU side).
     pub fast_connects: AtomicU64,
     /// Connections of the DPU half handed to a CPU program's fast listener.
@@ -68,6 +73,8 @@ impl Counters {
             "udp_datagrams_in": g(&self.udp_datagrams_in),
             "control_errors": g(&self.control_errors),
             "peer_gone": g(&self.peer_gone),
+            "captured": g(&self.captured),
+            "loops_refused": g(&self.loops_refused),
             "fast_connects": g(&self.fast_connects),
             "fast_accepts": g(&self.fast_accepts),
             "fast_passed": g(&self.fast_passed),

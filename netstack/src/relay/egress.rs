@@ -117,7 +117,9 @@ impl EgressRules {
                 &to,
             ])?;
         }
-        iptables(&["-t", "nat", "-A", "OUTPUT", "-j", CHAIN])?;
+        // First in OUTPUT, also when a restarted relay re-installs it after the
+        // Pod's own rules: its delivery rules must see the relay's sockets first.
+        iptables(&["-t", "nat", "-I", "OUTPUT", "1", "-j", CHAIN])?;
         Ok(rules)
     }
 }
@@ -130,12 +132,41 @@ impl Drop for EgressRules {
     }
 }
 
-/// Marks a socket as the relay's own so the capture rules skip it.
-pub fn mark_socket<F: AsFd>(sock: &F) -> Result<()> {
-    setsockopt(sock, sockopt::Mark, &RELAY_MARK).map_err(|source| Error::SockOpt {
+/// Redirects connections marked `mark` to local `port` (a sidecar's capture
+/// port): first in the relay's chain, so no capture rule sees them first.
+/// Removed with the chain.
+pub fn add_delivery_rule(port: u16, mark: u32) -> Result<()> {
+    let (port, mark) = (port.to_string(), format!("{mark:#x}"));
+    iptables(&[
+        "-t",
+        "nat",
+        "-I",
+        CHAIN,
+        "1",
+        "-p",
+        "tcp",
+        "-m",
+        "mark",
+        "--mark",
+        &mark,
+        "-j",
+        "REDIRECT",
+        "--to-ports",
+        &port,
+    ])
+}
+
+/// Sets `mark` on a socket (the relay's own mark, or a delivery mark).
+pub fn set_mark<F: AsFd>(sock: &F, mark: u32) -> Result<()> {
+    setsockopt(sock, sockopt::Mark, &mark).map_err(|source| Error::SockOpt {
         context: "SO_MARK",
         source,
     })
+}
+
+/// Marks a socket as the relay's own so the capture rules skip it.
+pub fn mark_socket<F: AsFd>(sock: &F) -> Result<()> {
+    set_mark(sock, RELAY_MARK)
 }
 
 /// The destination a redirected connection was originally sent to.

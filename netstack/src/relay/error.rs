@@ -39,6 +39,8 @@ pub enum Error {
     UdpFrame(usize),
     #[error("unexpected fast-path message: {0}")]
     FastPath(&'static str),
+    #[error("limit reached: {0}")]
+    Limit(&'static str),
     #[error(transparent)]
     Net(#[from] crate::Error),
 }

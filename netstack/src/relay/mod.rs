@@ -8,6 +8,7 @@
 //! capabilities); [`session`] is the running relay.
 
 pub mod caps;
+pub mod capture;
 pub mod control;
 pub mod counters;
 pub mod egress;
@@ -15,6 +16,7 @@ pub mod error;
 mod fast;
 pub mod mirror;
 pub mod netns;
+pub mod pod_rules;
 pub mod session;
 pub mod setup;
 pub mod sock_diag;

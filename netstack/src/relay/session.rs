@@ -13,6 +13,7 @@ use crate::{
     Destination, LinkBuilder, LinkSource, Mux, MuxEvent, MuxHandle, MuxStream, Proto, Side,
 };
 
+use super::capture::{self, Deliveries, OwnConnects};
 use super::control::{Control, ListenerSpec};
 use super::counters::{Counters, StatsSocket};
 use super::error::{Error, Result};
@@ -20,7 +21,7 @@ use super::mirror::{MirrorView, Mirrors, OwnSockets};
 use super::setup::Prepared;
 use super::sock_diag::SockDiag;
 use super::splice::{self, Resettable, SpliceEnd};
-use super::{egress, udp};
+use super::{egress, pod_rules, udp};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -48,6 +49,10 @@ pub(super) struct Ctx {
     pub(super) mark: bool,
     /// The fast path's state (links with a rendezvous socket only).
     pub(super) fast: Option<Arc<super::fast::Fast>>,
+    /// This relay's outbound connections, to refuse one that comes back.
+    pub(super) own_connects: OwnConnects,
+    /// Delivery rules for captured connections (the half with the sidecar).
+    pub(super) deliveries: Arc<Deliveries>,
 }
 
 /// Runs the relay until `shutdown` completes.
@@ -87,6 +92,8 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
         pod_ip: cfg.pod_ip,
         mark: p.mark,
         fast: fast.clone(),
+        own_connects: OwnConnects::default(),
+        deliveries: Arc::new(Deliveries::default()),
     };
     let accept_ctx = ctx.clone();
     let dpu_side = cfg.side == Side::Dpu;
@@ -103,7 +110,7 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
                 }
                 _ => tcp,
             };
-            forward(ctx, tcp, dest).await
+            forward_accepted(ctx, tcp, dest).await
         });
     });
     let mut mirrors = Mirrors::new(own.clone(), on_accept, counters.clone(), view);
@@ -124,6 +131,16 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
     }
 
     let _fast = fast.as_ref().and_then(|f| super::fast::start(f, &ctx));
+
+    // The Pod's own nat rules: sent by the DPU half, loaded by the CPU half.
+    let rules_resend = Arc::new(tokio::sync::Notify::new());
+    let carried = Arc::new(std::sync::Mutex::new(pod_rules::Carried::default()));
+    let (rules_tx, rules_rx) = tokio::sync::watch::channel(None::<Vec<String>>);
+    let rules_task = if dpu_side && p.mark {
+        tokio::spawn(pod_rules::send(mux.clone(), rules_resend.clone()))
+    } else {
+        tokio::spawn(pod_rules::load(rules_rx, carried.clone(), counters.clone()))
+    };
 
     let snap_c = counters.clone();
     let snap_m = mux.clone();
@@ -167,7 +184,17 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
                 }
                 Some(MuxEvent::Control(bytes)) => match Control::decode(&bytes) {
                     Ok(Control::Listeners { set }) => mirrors.apply(&set),
-                    Ok(Control::Resync) => last_sent = None,
+                    Ok(Control::Resync) => {
+                        last_sent = None;
+                        rules_resend.notify_one();
+                    }
+                    Ok(Control::PodRules { rules }) if !dpu_side => {
+                        let _ = rules_tx.send(Some(rules));
+                    }
+                    Ok(Control::PodRules { .. }) => {
+                        Counters::inc(&counters.control_errors);
+                        tracing::warn!("the CPU half sent nat rules; only the DPU half's are carried");
+                    }
                     Err(e) => {
                         Counters::inc(&counters.control_errors);
                         tracing::warn!(error = %e, "ignoring control message");
@@ -185,12 +212,19 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
                 Some(MuxEvent::PeerUp) => {
                     tracing::info!("peer relay up: mirroring again");
                     last_sent = None;
+                    rules_resend.notify_one();
                     let _ = mux.send_control(Control::Resync.encode()).await;
                 }
             }
         }
     }
     drop(mirrors);
+    rules_task.abort();
+    let _ = rules_task.await;
+    // Removes the carried rules (Drop), like the egress rules below.
+    drop(std::mem::take(
+        &mut *carried.lock().unwrap_or_else(|e| e.into_inner()),
+    ));
     drop(p.rules);
     Ok(())
 }
@@ -207,18 +241,54 @@ fn local_listeners(diag: &mut SockDiag, own: &OwnSockets) -> Result<BTreeSet<Lis
         .collect())
 }
 
-/// A connection accepted on a mirror or captured egress: open a stream to the
-/// peer half and relay.
-async fn forward(ctx: Ctx, tcp: TcpStream, dest: SocketAddr) {
+/// A connection accepted on a mirror. One that the Pod's own rules
+/// redirected there carries its original destination; one from this relay's
+/// own outbound sockets went round the relay pair and says so (and for whom
+/// it was made), for the peer to refuse a loop.
+async fn forward_accepted(ctx: Ctx, tcp: TcpStream, dest: SocketAddr) {
+    let peer = tcp.peer_addr().ok();
+    let mut d = Destination::tcp(dest);
+    if let Some(p) = peer {
+        d = d.with_src(p);
+        if let Some(owner) = ctx.own_connects.made_for(&p) {
+            d = d.with_round_trip();
+            if let Some(uid) = owner {
+                d = d.with_owner(uid);
+            }
+        }
+    }
+    if let Ok(orig) = egress::original_dst(&tcp) {
+        let orig = super::mirror::canonical(orig);
+        if orig != dest {
+            Counters::inc(&ctx.counters.captured);
+            d = d.with_orig(orig);
+        }
+    }
+    forward(ctx, tcp, d).await
+}
+
+/// A connection of this half captured by the relay's own egress rule: the
+/// peer re-makes it with the same owner, so the Pod's owner rules hold.
+async fn forward_egress(ctx: Ctx, tcp: TcpStream, dest: SocketAddr) {
+    let mut d = Destination::tcp(dest);
+    if let Ok(src) = tcp.peer_addr() {
+        d = d.with_src(src);
+        match super::sock_diag::SockDiag::open().and_then(|mut s| s.owner_of(src, dest)) {
+            Ok(Some(uid)) => d = d.with_owner(uid),
+            Ok(None) => tracing::debug!(%src, %dest, "captured socket not found"),
+            Err(e) => tracing::debug!(error = %e, "owner of a captured socket"),
+        }
+    }
+    forward(ctx, tcp, d).await
+}
+
+/// Opens a stream to the peer half for `tcp` and relays.
+async fn forward(ctx: Ctx, tcp: TcpStream, d: Destination) {
     let _ = splice::tune(&tcp);
-    let d = match tcp.peer_addr() {
-        Ok(src) => Destination::tcp(dest).with_src(src),
-        Err(_) => Destination::tcp(dest),
-    };
     match ctx.mux.open(d).await {
         Ok(stream) => run_splice(&ctx, tcp, stream).await,
         Err(e) => {
-            tracing::debug!(%dest, error = %e, "opening stream failed");
+            tracing::debug!(dest = %d.addr, error = %e, "opening stream failed");
             splice::reset_tcp(tcp);
         }
     }
@@ -248,7 +318,7 @@ async fn egress_loop(ctx: Ctx, l: tokio::net::TcpListener) {
                 Counters::inc(&ctx.counters.egress_accepts);
                 match egress::original_dst(&tcp) {
                     Ok(dest) => {
-                        tokio::spawn(forward(ctx.clone(), tcp, dest));
+                        tokio::spawn(forward_egress(ctx.clone(), tcp, dest));
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "captured connection without original destination");
@@ -274,30 +344,115 @@ async fn connect_out(ctx: Ctx, stream: MuxStream, dest: Destination) {
         stream.reset();
         return;
     }
-    match dest.proto {
-        Proto::Tcp => match connect_tcp(&ctx, addr).await {
-            Ok(tcp) => {
-                Counters::inc(&ctx.counters.connects_ok);
-                run_splice(&ctx, tcp, stream).await;
-            }
-            Err(e) => {
-                tracing::debug!(%addr, error = %e, "connect failed");
-                Counters::inc(&ctx.counters.connects_failed);
-                stream.reset();
-            }
-        },
-        Proto::Udp => match udp_socket(&ctx, addr).await {
-            Ok(sock) => {
-                if let Err(e) = udp::serve_remote(stream, sock, ctx.counters.clone()).await {
-                    tracing::debug!(%addr, error = %e, "UDP flow ended");
-                }
-            }
-            Err(e) => {
-                tracing::debug!(%addr, error = %e, "UDP socket failed");
-                stream.reset();
-            }
-        },
+    let connected = match (dest.proto, dest.orig) {
+        (Proto::Tcp, Some(orig)) => deliver(&ctx, addr, orig, &dest).await,
+        (Proto::Tcp, None) => connect_owned(&ctx, addr, dest.owner).await,
+        (Proto::Udp, _) => return connect_udp(ctx, stream, addr).await,
+    };
+    match connected {
+        Ok((tcp, _own)) => {
+            Counters::inc(&ctx.counters.connects_ok);
+            run_splice(&ctx, tcp, stream).await;
+        }
+        Err(e) => {
+            tracing::debug!(%addr, orig = ?dest.orig, error = %e, "connect failed");
+            Counters::inc(&ctx.counters.connects_failed);
+            stream.reset();
+        }
     }
+}
+
+async fn connect_udp(ctx: Ctx, stream: MuxStream, addr: SocketAddr) {
+    match udp_socket(&ctx, addr).await {
+        Ok(sock) => {
+            if let Err(e) = udp::serve_remote(stream, sock, ctx.counters.clone()).await {
+                tracing::debug!(%addr, error = %e, "UDP flow ended");
+            }
+        }
+        Err(e) => {
+            tracing::debug!(%addr, error = %e, "UDP socket failed");
+            stream.reset();
+        }
+    }
+}
+
+/// A captured connection for local listener `to` (the sidecar's capture
+/// port): connect to its original destination, marked so that the delivery
+/// rule redirects it to `to`.
+async fn deliver(
+    ctx: &Ctx,
+    to: SocketAddr,
+    orig: SocketAddr,
+    dest: &Destination,
+) -> Result<(TcpStream, capture::ConnectGuard)> {
+    if dest.round_trip {
+        let port = to.port();
+        let listener = super::sock_diag::SockDiag::open()
+            .and_then(|mut d| d.tcp_listeners())
+            .map(|set| {
+                set.into_iter()
+                    .find(|l| l.addr.port() == port)
+                    .map(|l| l.uid)
+            })?;
+        if capture::is_loop(dest.owner, listener) {
+            Counters::inc(&ctx.counters.loops_refused);
+            tracing::error!(
+                %orig,
+                port,
+                owner = dest.owner.unwrap_or(0),
+                "the Pod's rules capture this port's own connections back to it (no owner \
+                 exclusion for it): refusing the loop"
+            );
+            return Err(Error::Limit(
+                "a connection captured back to its own listener",
+            ));
+        }
+    }
+    ctx.deliveries.ensure(to.port()).await?;
+    Counters::inc(&ctx.counters.captured);
+    let io = |e| Error::io(format!("deliver {orig} to port {}", to.port()), e);
+    let sock = capture::tcp_socket(orig.is_ipv4(), None).map_err(io)?;
+    egress::set_mark(&sock, capture::deliver_mark(to.port()))?;
+    connect_sock(ctx, sock, orig, None).await
+}
+
+async fn connect_owned(
+    ctx: &Ctx,
+    addr: SocketAddr,
+    owner: Option<u32>,
+) -> Result<(TcpStream, capture::ConnectGuard)> {
+    let sock = capture::tcp_socket(addr.is_ipv4(), owner)
+        .map_err(|e| Error::io(format!("connect {addr}"), e))?;
+    if ctx.mark {
+        egress::mark_socket(&sock)?;
+    }
+    connect_sock(ctx, sock, addr, owner).await
+}
+
+/// Binds the Pod IP for non-local destinations, connects with a timeout and
+/// tracks the connection as the relay's own while it lives.
+async fn connect_sock(
+    ctx: &Ctx,
+    sock: TcpSocket,
+    addr: SocketAddr,
+    owner: Option<u32>,
+) -> Result<(TcpStream, capture::ConnectGuard)> {
+    let io = |e| Error::io(format!("connect {addr}"), e);
+    // Bound first, so the port is known (and tracked) before the SYN leaves.
+    let src = source_for(ctx, addr).unwrap_or_else(|| match addr {
+        SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
+        SocketAddr::V6(_) => SocketAddr::from(([0u16; 8], 0)),
+    });
+    sock.bind(src).map_err(io)?;
+    let guard = ctx
+        .own_connects
+        .track(sock.local_addr().map_err(io)?, owner);
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, sock.connect(addr))
+        .await
+        .map_err(|_| io(std::io::ErrorKind::TimedOut.into()))?
+        .map_err(io)?;
+    let _ = splice::tune(&tcp);
+    Ok((tcp, guard))
 }
 
 /// Local address for an outbound socket: the Pod IP for non-local destinations.
@@ -310,26 +465,10 @@ fn source_for(ctx: &Ctx, addr: SocketAddr) -> Option<SocketAddr> {
     }
 }
 
+/// An outbound connection for the fast path's server side.
 pub(super) async fn connect_tcp(ctx: &Ctx, addr: SocketAddr) -> Result<TcpStream> {
-    let io = |e| Error::io(format!("connect {addr}"), e);
-    let sock = if addr.is_ipv4() {
-        TcpSocket::new_v4()
-    } else {
-        TcpSocket::new_v6()
-    }
-    .map_err(io)?;
-    if ctx.mark {
-        egress::mark_socket(&sock)?;
-    }
-    if let Some(src) = source_for(ctx, addr) {
-        sock.bind(src).map_err(io)?;
-    }
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, sock.connect(addr))
-        .await
-        .map_err(|_| io(std::io::ErrorKind::TimedOut.into()))?
-        .map_err(io)?;
-    let _ = splice::tune(&tcp);
-    Ok(tcp)
+    // The fast path hands the socket over; it is not a relay splice to track.
+    connect_owned(ctx, addr, None).await.map(|(tcp, _)| tcp)
 }
 
 async fn udp_socket(ctx: &Ctx, addr: SocketAddr) -> Result<UdpSocket> {

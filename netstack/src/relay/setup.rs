@@ -106,7 +106,9 @@ pub fn prepare(cfg: RelayConfig) -> Result<Prepared> {
     } else {
         None
     };
-    super::caps::drop_all_but(&super::caps::needed(needs_rules))?;
+    // The CPU half re-makes the DPU half's egress and loads its nat rules.
+    let cpu = cfg.side == Side::Cpu;
+    super::caps::drop_all_but(&super::caps::needed(needs_rules || cpu, cpu))?;
     Ok(Prepared {
         cfg,
         egress,

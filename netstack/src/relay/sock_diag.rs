@@ -33,6 +33,8 @@ pub struct ListenSocket {
     /// IPv6 socket that does not accept IPv4-mapped connections.
     pub v6only: bool,
     pub inode: u64,
+    /// Owner (uid) of the listening socket.
+    pub uid: u32,
 }
 
 /// Netlink socket for repeated dumps.
@@ -67,16 +69,45 @@ impl SockDiag {
         Ok(out)
     }
 
-    fn dump(&mut self, family: u8, out: &mut BTreeSet<ListenSocket>) -> Result<()> {
+    /// The owner (uid) of the TCP socket of this netns whose own addresses are
+    /// `local` -> `remote`; `None` when there is no such socket.
+    pub fn owner_of(&mut self, local: SocketAddr, remote: SocketAddr) -> Result<Option<u32>> {
+        let Some(req) = encode_lookup(self.seq.wrapping_add(1), local, remote) else {
+            return Ok(None);
+        };
         self.seq = self.seq.wrapping_add(1);
-        let req = encode_request(self.seq, family);
+        self.send(&req)?;
+        loop {
+            let n = recv(
+                std::os::fd::AsRawFd::as_raw_fd(&self.fd),
+                &mut self.buf,
+                MsgFlags::empty(),
+            )
+            .map_err(|e| Error::Netlink("recv", e))?;
+            if n == 0 {
+                return Err(Error::SockDiagParse("empty netlink reply"));
+            }
+            if let Some(found) = parse_lookup(&self.buf[..n], self.seq)? {
+                return Ok(found);
+            }
+        }
+    }
+
+    fn send(&self, req: &[u8]) -> Result<()> {
         sendto(
             std::os::fd::AsRawFd::as_raw_fd(&self.fd),
-            &req,
+            req,
             &NetlinkAddr::new(0, 0),
             MsgFlags::empty(),
         )
         .map_err(|e| Error::Netlink("sendto", e))?;
+        Ok(())
+    }
+
+    fn dump(&mut self, family: u8, out: &mut BTreeSet<ListenSocket>) -> Result<()> {
+        self.seq = self.seq.wrapping_add(1);
+        let req = encode_request(self.seq, family);
+        self.send(&req)?;
         loop {
             let n = recv(
                 std::os::fd::AsRawFd::as_raw_fd(&self.fd),
@@ -107,6 +138,75 @@ fn encode_request(seq: u32, family: u8) -> Vec<u8> {
     b.extend_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
     b.resize(total, 0);
     b
+}
+
+/// A request for the one TCP socket with exactly these addresses (any state).
+fn encode_lookup(seq: u32, local: SocketAddr, remote: SocketAddr) -> Option<Vec<u8>> {
+    let family = match (local, remote) {
+        (SocketAddr::V4(_), SocketAddr::V4(_)) => libc::AF_INET as u8,
+        (SocketAddr::V6(_), SocketAddr::V6(_)) => libc::AF_INET6 as u8,
+        _ => return None,
+    };
+    let total = NLMSG_HDRLEN + 56;
+    let mut b = Vec::with_capacity(total);
+    b.extend_from_slice(&(total as u32).to_ne_bytes());
+    b.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    b.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
+    b.extend_from_slice(&seq.to_ne_bytes());
+    b.extend_from_slice(&0u32.to_ne_bytes());
+    b.extend_from_slice(&[family, IPPROTO_TCP, 0, 0]);
+    b.extend_from_slice(&u32::MAX.to_ne_bytes());
+    // inet_diag_sockid: sport, dport (big endian), src[16], dst[16], if, cookie.
+    b.extend_from_slice(&local.port().to_be_bytes());
+    b.extend_from_slice(&remote.port().to_be_bytes());
+    for ip in [local.ip(), remote.ip()] {
+        let mut a = [0u8; 16];
+        match ip {
+            IpAddr::V4(v4) => a[..4].copy_from_slice(&v4.octets()),
+            IpAddr::V6(v6) => a = v6.octets(),
+        }
+        b.extend_from_slice(&a);
+    }
+    b.extend_from_slice(&0u32.to_ne_bytes());
+    // INET_DIAG_NOCOOKIE: match by addresses only.
+    b.extend_from_slice(&[0xff; 8]);
+    debug_assert_eq!(b.len(), total);
+    Some(b)
+}
+
+/// The reply to [`encode_lookup`]: `Some(Some(uid))` found, `Some(None)` no
+/// such socket, `None` not in this datagram.
+fn parse_lookup(mut b: &[u8], seq: u32) -> Result<Option<Option<u32>>> {
+    while b.len() >= NLMSG_HDRLEN {
+        let len = u32_ne(b, 0)? as usize;
+        let ty = u16_ne(b, 4)?;
+        let mseq = u32_ne(b, 8)?;
+        if len < NLMSG_HDRLEN || len > b.len() {
+            return Err(Error::SockDiagParse("bad nlmsg length"));
+        }
+        let payload = &b[NLMSG_HDRLEN..len];
+        if mseq == seq {
+            match ty {
+                NLMSG_ERROR => {
+                    let errno = -(u32_ne(payload, 0)? as i32);
+                    return match errno {
+                        0 | libc::ENOENT => Ok(Some(None)),
+                        e => Err(Error::SockDiagErrno(e)),
+                    };
+                }
+                SOCK_DIAG_BY_FAMILY => {
+                    if payload.len() < INET_DIAG_MSG_LEN {
+                        return Err(Error::SockDiagParse("short inet_diag_msg"));
+                    }
+                    return Ok(Some(Some(u32_ne(payload, 64)?)));
+                }
+                _ => {}
+            }
+        }
+        let step = (len + 3) & !3;
+        b = b.get(step..).unwrap_or(&[]);
+    }
+    Ok(None)
 }
 
 fn u16_ne(b: &[u8], at: usize) -> Result<u16> {
@@ -175,6 +275,7 @@ fn parse_msg(p: &[u8]) -> Result<Option<ListenSocket>> {
         }
         _ => return Ok(None),
     };
+    let uid = u32_ne(p, 64)?;
     let inode = u64::from(u32_ne(p, 68)?);
     let mut v6only = false;
     let mut attrs = &p[INET_DIAG_MSG_LEN..];
@@ -193,6 +294,7 @@ fn parse_msg(p: &[u8]) -> Result<Option<ListenSocket>> {
         addr: SocketAddr::new(ip, port),
         v6only,
         inode,
+        uid,
     }))
 }
 
@@ -221,14 +323,33 @@ mod tests {
     }
 
     #[test]
+    fn finds_the_owner_of_a_connected_socket_and_none_for_a_missing_one() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (local, remote) = (c.local_addr().unwrap(), c.peer_addr().unwrap());
+        let mut sut = SockDiag::open().unwrap();
+        assert_eq!(
+            sut.owner_of(local, remote).unwrap(),
+            Some(nix::unistd::geteuid().as_raw())
+        );
+        let nobody: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        assert_eq!(sut.owner_of(nobody, remote).unwrap(), None);
+        assert_eq!(
+            sut.owner_of(local, "[::1]:1".parse().unwrap()).unwrap(),
+            None
+        );
+    }
+
+    #[test]
     fn finds_a_listener_of_this_process() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let mut sut = SockDiag::open().unwrap();
         let found = sut.tcp_listeners().unwrap();
+        let me = nix::unistd::geteuid().as_raw();
         assert!(
-            found.iter().any(|s| s.addr == addr),
-            "{addr} not in {found:?}"
+            found.iter().any(|s| s.addr == addr && s.uid == me),
+            "{addr} (uid {me}) not in {found:?}"
         );
     }
 }
