@@ -188,14 +188,11 @@ fn mesh_pod() -> (Pod, Proxy) {
     (pod, proxy)
 }
 
-#[test]
-fn outbound_capture_reaches_the_dpu_proxy_with_the_original_destination() {
-    let (pod, proxy) = mesh_pod();
-    let upstream = SocketAddr::new(pod.outside_ip.into(), 8080);
-    tagging_server(&pod.out_path(), upstream);
-    istio_rules(&pod.cpu_ns);
-    let reply = request(&pod.cpu_path(), upstream);
-    // The upstream answered the proxy's own connection, which left from the Pod IP.
+/// Sends "GET" from `from` to the outside server through the proxy and checks
+/// that the server answered the proxy's connection from the Pod IP and that the
+/// proxy saw exactly this one outbound connection, with its original destination.
+fn assert_proxied_once(pod: &Pod, proxy: &Proxy, from: &Path, upstream: SocketAddr) {
+    let reply = request(from, upstream);
     assert_eq!(
         reply.as_deref(),
         Ok(format!("GET|{}", pod.pod_ip).as_str()),
@@ -203,13 +200,21 @@ fn outbound_capture_reaches_the_dpu_proxy_with_the_original_destination() {
         proxy.lines(),
         pod.logs()
     );
-    let lines = proxy.lines();
     assert_eq!(
-        lines,
+        proxy.lines(),
         vec![format!("out {upstream} from {}", pod.pod_ip)],
         "{}",
         pod.logs()
     );
+}
+
+#[test]
+fn outbound_capture_reaches_the_dpu_proxy_with_the_original_destination() {
+    let (pod, proxy) = mesh_pod();
+    let upstream = SocketAddr::new(pod.outside_ip.into(), 8080);
+    tagging_server(&pod.out_path(), upstream);
+    istio_rules(&pod.cpu_ns);
+    assert_proxied_once(&pod, &proxy, &pod.cpu_path(), upstream);
     assert!(counter(&pod.cpu, "captured") >= 1, "{}", pod.logs());
     assert!(counter(&pod.dpu, "captured") >= 1, "{}", pod.logs());
     assert_eq!(counter(&pod.dpu, "loops_refused"), 0, "{}", pod.logs());
@@ -224,20 +229,7 @@ fn a_dpu_apps_connection_is_captured_to_the_dpu_proxy_once() {
     let upstream = SocketAddr::new(pod.outside_ip.into(), 8080);
     tagging_server(&pod.out_path(), upstream);
     istio_rules(&pod.cpu_ns);
-    let reply = request(&pod.dpu_path(), upstream);
-    assert_eq!(
-        reply.as_deref(),
-        Ok(format!("GET|{}", pod.pod_ip).as_str()),
-        "proxy: {:?}\n{}",
-        proxy.lines(),
-        pod.logs()
-    );
-    assert_eq!(
-        proxy.lines(),
-        vec![format!("out {upstream} from {}", pod.pod_ip)],
-        "{}",
-        pod.logs()
-    );
+    assert_proxied_once(&pod, &proxy, &pod.dpu_path(), upstream);
     assert_eq!(counter(&pod.dpu, "loops_refused"), 0, "{}", pod.logs());
 }
 
@@ -327,20 +319,7 @@ fn rules_written_in_the_dpu_half_take_effect_in_the_cpu_half() {
             .contains("-A HP-ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001")
             .then_some(())
     });
-    let reply = request(&pod.cpu_path(), upstream);
-    assert_eq!(
-        reply.as_deref(),
-        Ok(format!("GET|{}", pod.pod_ip).as_str()),
-        "proxy: {:?}\n{}",
-        proxy.lines(),
-        pod.logs()
-    );
-    assert_eq!(
-        proxy.lines(),
-        vec![format!("out {upstream} from {}", pod.pod_ip)],
-        "{}",
-        pod.logs()
-    );
+    assert_proxied_once(&pod, &proxy, &pod.cpu_path(), upstream);
     // Removed in the DPU half: gone from the CPU half too.
     must(&[
         "ip",

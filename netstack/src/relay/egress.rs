@@ -33,7 +33,8 @@ pub struct EgressRules {
     installed: bool,
 }
 
-fn iptables(args: &[&str]) -> Result<()> {
+/// Runs `iptables -w 5 ARGS`; a failure carries iptables' own message.
+pub(super) fn iptables(args: &[&str]) -> Result<()> {
     let out = Command::new("iptables")
         .args(["-w", "5"])
         .args(args)

@@ -78,19 +78,25 @@ impl SockDiag {
         self.seq = self.seq.wrapping_add(1);
         self.send(&req)?;
         loop {
-            let n = recv(
-                std::os::fd::AsRawFd::as_raw_fd(&self.fd),
-                &mut self.buf,
-                MsgFlags::empty(),
-            )
-            .map_err(|e| Error::Netlink("recv", e))?;
-            if n == 0 {
-                return Err(Error::SockDiagParse("empty netlink reply"));
-            }
-            if let Some(found) = parse_lookup(&self.buf[..n], self.seq)? {
+            let seq = self.seq;
+            if let Some(found) = parse_lookup(self.recv()?, seq)? {
                 return Ok(found);
             }
         }
+    }
+
+    /// One datagram of the reply.
+    fn recv(&mut self) -> Result<&[u8]> {
+        let n = recv(
+            std::os::fd::AsRawFd::as_raw_fd(&self.fd),
+            &mut self.buf,
+            MsgFlags::empty(),
+        )
+        .map_err(|e| Error::Netlink("recv", e))?;
+        if n == 0 {
+            return Err(Error::SockDiagParse("empty netlink reply"));
+        }
+        Ok(&self.buf[..n])
     }
 
     fn send(&self, req: &[u8]) -> Result<()> {
@@ -109,16 +115,8 @@ impl SockDiag {
         let req = encode_request(self.seq, family);
         self.send(&req)?;
         loop {
-            let n = recv(
-                std::os::fd::AsRawFd::as_raw_fd(&self.fd),
-                &mut self.buf,
-                MsgFlags::empty(),
-            )
-            .map_err(|e| Error::Netlink("recv", e))?;
-            if n == 0 {
-                return Err(Error::SockDiagParse("empty netlink reply"));
-            }
-            if parse_batch(&self.buf[..n], self.seq, out)? {
+            let seq = self.seq;
+            if parse_batch(self.recv()?, seq, out)? {
                 return Ok(());
             }
         }

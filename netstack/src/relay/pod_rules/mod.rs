@@ -99,20 +99,11 @@ fn builtin(chain: &str) -> bool {
     matches!(chain, "PREROUTING" | "INPUT" | "OUTPUT" | "POSTROUTING")
 }
 
+/// `iptables -t nat ARGS`.
 fn iptables(args: &[&str]) -> Result<()> {
-    let out = Command::new("iptables")
-        .args(["-w", "5", "-t", "nat"])
-        .args(args)
-        .output()
-        .map_err(|e| Error::io("run iptables", e))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(Error::Iptables {
-            args: args.join(" "),
-            detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        })
-    }
+    let mut all = vec!["-t", "nat"];
+    all.extend_from_slice(args);
+    crate::relay::egress::iptables(&all)
 }
 
 /// The carried rules loaded in this (the CPU) half; removed on drop.
