@@ -111,3 +111,41 @@ fn dns_query_from_dpu_half_gets_an_answer() {
         pod.logs()
     );
 }
+
+#[test]
+fn a_dpu_listener_does_not_shadow_that_port_on_other_hosts() {
+    // A server in the DPU half on 0.0.0.0:8080 is mirrored into the CPU half;
+    // a client beside it still reaches port 8080 of another host.
+    let pod = Pod::with(PodOptions {
+        outside: true,
+        capture_egress: true,
+        ..Default::default()
+    });
+    let srv: SocketAddr = SocketAddr::new(pod.outside_ip.into(), 8080);
+    in_ns(&pod.out_path(), move || {
+        let l = TcpListener::bind(srv).unwrap();
+        std::thread::spawn(move || {
+            for mut c in l.incoming().flatten() {
+                let _ = c.write_all(b"outside");
+            }
+        });
+    });
+    let local: SocketAddr = "0.0.0.0:8080".parse().unwrap();
+    in_ns(&pod.dpu_path(), move || {
+        let l = TcpListener::bind(local).unwrap();
+        std::thread::spawn(move || {
+            for mut c in l.incoming().flatten() {
+                let _ = c.write_all(b"dpu-local");
+            }
+        });
+    });
+    wait_mirror(&pod.cpu_path(), local);
+    let reply = in_ns(&pod.dpu_path(), move || {
+        let mut c = TcpStream::connect_timeout(&srv, Duration::from_secs(10)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut r = String::new();
+        let _ = c.read_to_string(&mut r);
+        r
+    });
+    assert_eq!(reply, "outside", "{}", pod.logs());
+}

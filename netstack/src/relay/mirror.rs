@@ -188,11 +188,17 @@ pub struct MirrorView(Arc<Mutex<BTreeSet<SocketAddr>>>);
 
 impl MirrorView {
     /// True when a connect to `dest` in this half would land on one of our own
-    /// mirrors (forwarding it would loop between the relays).
-    pub fn covers(&self, dest: &SocketAddr) -> bool {
+    /// mirrors (forwarding it would loop between the relays). Only a local
+    /// destination (loopback, the Pod IP, the unspecified address) can: a
+    /// wildcard mirror of port 8080 does not cover another host's port 8080.
+    pub fn covers(&self, dest: &SocketAddr, pod_ip: Option<IpAddr>) -> bool {
+        let dest = canonical(*dest);
+        let ip = dest.ip();
+        let local = ip.is_loopback() || ip.is_unspecified() || Some(ip) == pod_ip;
         let b = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        b.iter()
-            .any(|m| m.port() == dest.port() && (m.ip() == dest.ip() || m.ip().is_unspecified()))
+        b.iter().any(|m| {
+            m.port() == dest.port() && (m.ip() == ip || (m.ip().is_unspecified() && local))
+        })
     }
 }
 
@@ -238,6 +244,34 @@ pub fn bind_listener(spec: &ListenerSpec, own: &OwnSockets) -> Result<(TcpListen
                 own.remove(ino);
             }
             Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wildcard_mirror_covers_local_destinations_only() {
+        let sut = MirrorView::default();
+        sut.0
+            .lock()
+            .unwrap()
+            .insert("0.0.0.0:8080".parse().unwrap());
+        let pod_ip: IpAddr = "10.77.0.5".parse().unwrap();
+        for local in [
+            "127.0.0.1:8080",
+            "10.77.0.5:8080",
+            "[::ffff:127.0.0.1]:8080",
+        ] {
+            assert!(sut.covers(&local.parse().unwrap(), Some(pod_ip)), "{local}");
+        }
+        for remote in ["10.77.0.6:8080", "127.0.0.1:8081"] {
+            assert!(
+                !sut.covers(&remote.parse().unwrap(), Some(pod_ip)),
+                "{remote}"
+            );
         }
     }
 }

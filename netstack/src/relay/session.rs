@@ -337,7 +337,7 @@ async fn egress_loop(ctx: Ctx, l: tokio::net::TcpListener) {
 /// A stream from the peer: connect to its destination in this half.
 async fn connect_out(ctx: Ctx, stream: MuxStream, dest: Destination) {
     let addr = dest.addr;
-    if ctx.mirrors.covers(&addr) {
+    if ctx.mirrors.covers(&addr, ctx.pod_ip) {
         // Our own mirror holds that address: the real listener is gone.
         tracing::debug!(%addr, "destination is a mirror of the peer, refusing");
         Counters::inc(&ctx.counters.connects_failed);

@@ -98,7 +98,7 @@ async fn reply(app: &UnixStream, r: Reply, fds: &[i32]) -> Result<()> {
 /// other half has it.
 async fn connect(ctx: &Ctx, fast: &Fast, app: &UnixStream, dest: SocketAddr) -> Result<()> {
     let c = &ctx.counters;
-    if !ctx.mirrors.covers(&dest) {
+    if !ctx.mirrors.covers(&dest, ctx.pod_ip) {
         Counters::inc(&c.fast_passed);
         return reply(app, Reply::pass(), &[]).await;
     }

@@ -59,7 +59,7 @@ async fn connect(ctx: &Ctx, fast: &Fast, mut conn: UnixStream) -> Result<()> {
         return answer(&mut conn, Reply::pass()).await;
     };
     let dest = canonical(dest);
-    if ctx.mirrors.covers(&dest) {
+    if ctx.mirrors.covers(&dest, ctx.pod_ip) {
         // Our own mirror: the real listener is in the other half, or gone.
         Counters::inc(&c.fast_failed);
         return answer(&mut conn, Reply::failed(libc::ECONNREFUSED)).await;
