@@ -80,7 +80,9 @@ unpack_busybox() {
     # libgcc_s, as in Debian's own base images (libgcc-s1 is Priority: required):
     # the fast-path library (libheterosocket.so) needs it, and the shim preloads
     # that only into images that have what it needs.
-    gcc_s="$(ldconfig -p | awk '$1 == "libgcc_s.so.1" { print $NF; exit }')"
+    # awk reads to the end: an early exit would SIGPIPE ldconfig, and with
+    # pipefail that ends this script without a word, now and then.
+    gcc_s="$(ldconfig -p | awk '$1 == "libgcc_s.so.1" && !n++ { print $NF }')"
     [[ -n $gcc_s ]] || die "no libgcc_s.so.1 on this host (ldconfig -p)"
     BUSYBOX_LIBS+=("$gcc_s")
 }

@@ -24,7 +24,7 @@ SUITE_TIMEOUT="${SUITE_TIMEOUT:-900}"
 QEMU_PASS="${QEMU_PASS:-1}"
 DEMO_PASS_REQUESTS="${DEMO_PASS_REQUESTS:-2000}"
 # The split-Pod tests the DPU=qemu pass runs (the DPU in a guest).
-QEMU_PASS_TESTS=(--test split_pod --test split_network --test placement)
+QEMU_PASS_TESTS=(--test split_pod --test split_network --test placement --test mesh)
 LOG_DIR="${CONFORMANCE_LOG_DIR:-$REPO/target/conformance}"
 FILTER=("$@")
 
@@ -37,6 +37,8 @@ trap teardown EXIT
 
 mkdir -p "$LOG_DIR"
 "$REPO/hack/up.sh" || die "hack/up.sh failed"
+# The mesh tests (tests/mesh.rs) run the demo's proxy image as their sidecar.
+"$REPO/hack/demo-images.sh" || die "hack/demo-images.sh failed"
 
 log "building the conformance suite"
 "$CARGO" test --release -p heteropod-conformance --no-run ||

@@ -32,6 +32,9 @@ QEMU_AGENT_KEY="${QEMU_AGENT_KEY:-$QEMU_STATE/agent.key}"
 # containers / the guest's own network namespace.
 QEMU_DPU_PRIVILEGED="${QEMU_DPU_PRIVILEGED:-0}"
 QEMU_DPU_HOST_NETWORK="${QEMU_DPU_HOST_NETWORK:-0}"
+# Capabilities DPU containers may have beyond the default set: a service mesh's
+# init container placed on the DPU writes its capture rules with these.
+QEMU_DPU_CAPABILITIES="${QEMU_DPU_CAPABILITIES:-CAP_NET_ADMIN CAP_NET_RAW}"
 QEMU_MEM="${QEMU_MEM:-2G}"
 QEMU_CPUS="${QEMU_CPUS:-1}"
 # The agent's --memory (what DPU containers may use in the guest).
@@ -45,18 +48,19 @@ QEMU_KVM_PROBE_TIMEOUT="${QEMU_KVM_PROBE_TIMEOUT:-20}"
 QEMU_ACCEL="${QEMU_ACCEL:-}"
 # Empty: the linux-image-*-amd64 that apt's linux-image-amd64 depends on.
 QEMU_KERNEL_PKG="${QEMU_KERNEL_PKG:-}"
-# Then iptables (nft backend) for the DPU relay's egress capture
+# Then iptables (nft backend) for the DPU relay's egress capture and a mesh's
+# capture rules written on the DPU (xt_owner; iptables-save reads them out)
 # (crc32c_generic: libcrc32c's soft dependency), and the socket diagnostics
 # the relay lists listeners with; vfio-pci (and its type1 IOMMU backend)
 # for the ivshmem device's MSI-X interrupts.
 QEMU_MODULES="${QEMU_MODULES:-virtio_pci virtio_net virtio_console 9pnet_virtio 9p veth dummy \
-crc32c_generic nf_tables nft_compat nft_chain_nat xt_REDIRECT xt_mark xt_addrtype xt_tcpudp \
+crc32c_generic nf_tables nft_compat nft_chain_nat xt_REDIRECT xt_mark xt_addrtype xt_tcpudp xt_owner \
 tcp_diag udp_diag \
 vfio_pci vfio_iommu_type1}"
 QEMU_PROXY_BIN="${QEMU_PROXY_BIN:-$CARGO_RELEASE_DIR/heteropod-dpu-proxy}"
 QEMU_RELAY_BIN="${QEMU_RELAY_BIN:-$CARGO_RELEASE_DIR/heteronet}"
 # Host tools the agent runs in the guest (with their libraries).
-QEMU_GUEST_TOOLS="${QEMU_GUEST_TOOLS:-runc nsenter unshare ip stty iptables}"
+QEMU_GUEST_TOOLS="${QEMU_GUEST_TOOLS:-runc nsenter unshare ip stty iptables iptables-save}"
 QEMU_LOG_LEVEL="${QEMU_LOG_LEVEL:-info}"
 
 # shellcheck source=build.sh

@@ -89,6 +89,7 @@ bundle_roots = ["$QEMU_SHARE"]
 mount_sources = $(extra_shares | toml_list)
 privileged = $([[ $QEMU_DPU_PRIVILEGED == 1 ]] && echo true || echo false)
 host_network = $([[ $QEMU_DPU_HOST_NETWORK == 1 ]] && echo true || echo false)
+capabilities = $(tr ' ' '\n' <<<"$QEMU_DPU_CAPABILITIES" | grep -v '^$' | toml_list)
 CFG
     )
 }
