@@ -56,6 +56,20 @@ pub async fn runs_on_dpu(id: &str) -> Result<bool> {
         .any(|d| d.to_string_lossy().contains(&parent)))
 }
 
+/// Checks that container `id` (`name` in the message) runs on the DPU
+/// (`on_dpu`) or on the CPU: tests that claim a DPU behaviour pin it.
+pub async fn ensure_runs_on(id: &str, name: &str, on_dpu: bool) -> Result<()> {
+    let is = runs_on_dpu(id).await?;
+    let pu = |dpu: bool| if dpu { "DPU" } else { "CPU" };
+    ensure!(
+        is == on_dpu,
+        "{name} ({id}) runs on the {}, expected the {}",
+        pu(is),
+        pu(on_dpu)
+    );
+    Ok(())
+}
+
 /// What the DPU agent reports, as `heteropod status --json` shows it.
 #[derive(Debug, Clone)]
 pub struct AgentView {

@@ -58,19 +58,6 @@ struct Mesh {
     app: String,
 }
 
-/// Checks that container `id` runs on `side` (its placement annotation wins
-/// over the node default, force-offload included).
-async fn runs_on(id: &str, name: &str, side: &str) -> Result<()> {
-    let on_dpu = dpu::runs_on_dpu(id).await?;
-    ensure!(
-        on_dpu == (side == "dpu"),
-        "{name} ({id}) runs on the {}, expected the {}",
-        if on_dpu { "DPU" } else { "CPU" },
-        side.to_uppercase()
-    );
-    Ok(())
-}
-
 /// The mesh Pod: rules first (an init container on `init_side`, run to
 /// completion as the kubelet does), then the proxy on `side`, then the app on
 /// the CPU.
@@ -119,8 +106,8 @@ async fn mesh_pod(ctx: &Ctx, init_side: &str, side: &str, rules: &str) -> Result
     logs::wait_for(&pod.log_path("proxy"), "stdout", "listening on", NET_WAIT).await?;
     let app = ctx.run_container(&pod, web(ctx, "app")).await?;
     if dpu::enabled("mesh_pod") {
-        runs_on(&proxy, "proxy", side).await?;
-        runs_on(&app, "app", "cpu").await?;
+        dpu::ensure_runs_on(&proxy, "proxy", side == "dpu").await?;
+        dpu::ensure_runs_on(&app, "app", false).await?;
     }
     Ok(Mesh { pod, app })
 }

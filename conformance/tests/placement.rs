@@ -12,7 +12,7 @@ use anyhow::{ensure, Context};
 use heteropod_conformance::client::grpc_code;
 use heteropod_conformance::dpu::{self, PLACEMENT_PREFIX};
 use heteropod_conformance::stream::{Session, RESIZED_TTY_SCRIPT};
-use heteropod_conformance::{host, logs, net, run, wait};
+use heteropod_conformance::{env, host, logs, net, run, wait};
 
 const LOG_WAIT: Duration = Duration::from_secs(20);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -175,15 +175,17 @@ async fn dpu_memory_hog_is_reported_oom_killed() {
                     .annotation(&format!("{PLACEMENT_PREFIX}hog"), "dpu"),
             )
             .await?;
-        // `tail` keeps the endless "line" of /dev/zero in memory until the limit hits.
+        // `tail` keeps the endless "line" of /dev/zero in memory until the limit
+        // hits; a second first, to see where it runs while it does.
         let c = ctx
             .run_container(
                 &pod,
                 ctx.container("hog")
-                    .command(&["tail", "/dev/zero"])
+                    .shell("sleep 1; exec tail /dev/zero")
                     .memory_limit(32 << 20),
             )
             .await?;
+        dpu::ensure_runs_on(&c, "hog", true).await?;
         wait::oom_killed(&cri, &c).await
     })
     .await;
@@ -378,12 +380,16 @@ async fn cpu_container_reaches_a_dpu_listener_on_localhost() {
         let app = ctx
             .run_container(&pod, ctx.container("app").shell("exec sleep 1000"))
             .await?;
-        ctx.run_container(
-            &pod,
-            ctx.container("web")
-                .shell(&dpu::httpd("hello-from-dpu-half", "127.0.0.1:18080")),
-        )
-        .await?;
+        let web = ctx
+            .run_container(
+                &pod,
+                ctx.container("web")
+                    .shell(&dpu::httpd("hello-from-dpu-half", "127.0.0.1:18080")),
+            )
+            .await?;
+        dpu::ensure_runs_on(&web, "web", true).await?;
+        // Force-offloaded, the unannotated app is on the DPU too.
+        dpu::ensure_runs_on(&app, "app", env::force_offload()).await?;
         // The relay mirrors the DPU listener into the CPU half shortly after it binds.
         let url = "http://127.0.0.1:18080/";
         dpu::wget_until(&cri, &app, url, "hello-from-dpu-half", LOG_WAIT).await?;

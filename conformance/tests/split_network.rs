@@ -89,6 +89,8 @@ async fn dpu_sidecar_connections_leave_with_the_pod_ip() {
         let side = ctx
             .run_container(&pod, ctx.container("side").shell("exec sleep 1000"))
             .await?;
+        dpu::ensure_runs_on(&side, "side", true).await?;
+        dpu::ensure_runs_on(&app, "app", false).await?;
         let ip = net::pod_ip(&cri.pod_status(&pod.id).await?)?;
         // A server outside both halves: on the host, on the bridge address.
         let gw = gateway(&mut cri, &app).await?;
