@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Output, Stdio};
 
 use crate::relay_common::*;
@@ -42,6 +43,8 @@ pub fn run(ns: &str, preload: bool, secs: u32, cmd: &str) -> Output {
 }
 
 /// A server process in a netns, killed when dropped.
+/// A server process and everything it forks (its own process group), killed
+/// together on drop: a forked child must not outlive the test.
 pub struct Server(pub Child);
 
 impl Server {
@@ -56,6 +59,7 @@ impl Server {
 
     fn spawn(ns: &str, preload: bool, cmd: &str) -> Server {
         let child = command(ns, preload, &format!("exec {cmd}"))
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -67,6 +71,8 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        let group = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
