@@ -2,8 +2,8 @@
 //! half of a split Pod (preloaded or not), servers, counters.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
 use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 
 use crate::relay_common::*;
