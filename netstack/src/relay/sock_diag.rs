@@ -174,7 +174,33 @@ fn encode_lookup(seq: u32, local: SocketAddr, remote: SocketAddr) -> Option<Vec<
 
 /// The reply to [`encode_lookup`]: `Some(Some(uid))` found, `Some(None)` no
 /// such socket, `None` not in this datagram.
-fn parse_lookup(mut b: &[u8], seq: u32) -> Result<Option<Option<u32>>> {
+fn parse_lookup(b: &[u8], seq: u32) -> Result<Option<Option<u32>>> {
+    for_each_msg(b, seq, |ty, payload| match ty {
+        NLMSG_ERROR => {
+            let errno = -(u32_ne(payload, 0)? as i32);
+            match errno {
+                0 | libc::ENOENT => Ok(Some(None)),
+                e => Err(Error::SockDiagErrno(e)),
+            }
+        }
+        SOCK_DIAG_BY_FAMILY => {
+            if payload.len() < INET_DIAG_MSG_LEN {
+                return Err(Error::SockDiagParse("short inet_diag_msg"));
+            }
+            Ok(Some(Some(u32_ne(payload, 64)?)))
+        }
+        _ => Ok(None),
+    })
+}
+
+/// Walks one datagram of netlink messages, every length checked, calling `f`
+/// with the type and payload of each message of request `seq` until it
+/// returns `Some`.
+fn for_each_msg<T>(
+    mut b: &[u8],
+    seq: u32,
+    mut f: impl FnMut(u16, &[u8]) -> Result<Option<T>>,
+) -> Result<Option<T>> {
     while b.len() >= NLMSG_HDRLEN {
         let len = u32_ne(b, 0)? as usize;
         let ty = u16_ne(b, 4)?;
@@ -182,23 +208,9 @@ fn parse_lookup(mut b: &[u8], seq: u32) -> Result<Option<Option<u32>>> {
         if len < NLMSG_HDRLEN || len > b.len() {
             return Err(Error::SockDiagParse("bad nlmsg length"));
         }
-        let payload = &b[NLMSG_HDRLEN..len];
         if mseq == seq {
-            match ty {
-                NLMSG_ERROR => {
-                    let errno = -(u32_ne(payload, 0)? as i32);
-                    return match errno {
-                        0 | libc::ENOENT => Ok(Some(None)),
-                        e => Err(Error::SockDiagErrno(e)),
-                    };
-                }
-                SOCK_DIAG_BY_FAMILY => {
-                    if payload.len() < INET_DIAG_MSG_LEN {
-                        return Err(Error::SockDiagParse("short inet_diag_msg"));
-                    }
-                    return Ok(Some(Some(u32_ne(payload, 64)?)));
-                }
-                _ => {}
+            if let Some(v) = f(ty, &b[NLMSG_HDRLEN..len])? {
+                return Ok(Some(v));
             }
         }
         let step = (len + 3) & !3;
@@ -220,37 +232,25 @@ fn u32_ne(b: &[u8], at: usize) -> Result<u32> {
 }
 
 /// Parses one datagram of netlink messages; true when NLMSG_DONE was seen.
-fn parse_batch(mut b: &[u8], seq: u32, out: &mut BTreeSet<ListenSocket>) -> Result<bool> {
-    while b.len() >= NLMSG_HDRLEN {
-        let len = u32_ne(b, 0)? as usize;
-        let ty = u16_ne(b, 4)?;
-        let mseq = u32_ne(b, 8)?;
-        if len < NLMSG_HDRLEN || len > b.len() {
-            return Err(Error::SockDiagParse("bad nlmsg length"));
-        }
-        let payload = &b[NLMSG_HDRLEN..len];
-        if mseq == seq {
-            match ty {
-                NLMSG_DONE => return Ok(true),
-                NLMSG_ERROR => {
-                    let errno = u32_ne(payload, 0)? as i32;
-                    if errno == 0 {
-                        return Ok(true);
-                    }
-                    return Err(Error::SockDiagErrno(-errno));
-                }
-                SOCK_DIAG_BY_FAMILY => {
-                    if let Some(s) = parse_msg(payload)? {
-                        out.insert(s);
-                    }
-                }
-                _ => {}
+fn parse_batch(b: &[u8], seq: u32, out: &mut BTreeSet<ListenSocket>) -> Result<bool> {
+    let done = for_each_msg(b, seq, |ty, payload| match ty {
+        NLMSG_DONE => Ok(Some(())),
+        NLMSG_ERROR => {
+            let errno = u32_ne(payload, 0)? as i32;
+            if errno == 0 {
+                return Ok(Some(()));
             }
+            Err(Error::SockDiagErrno(-errno))
         }
-        let step = (len + 3) & !3;
-        b = b.get(step..).unwrap_or(&[]);
-    }
-    Ok(false)
+        SOCK_DIAG_BY_FAMILY => {
+            if let Some(s) = parse_msg(payload)? {
+                out.insert(s);
+            }
+            Ok(None)
+        }
+        _ => Ok(None),
+    })?;
+    Ok(done.is_some())
 }
 
 fn parse_msg(p: &[u8]) -> Result<Option<ListenSocket>> {
