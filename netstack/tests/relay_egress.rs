@@ -20,22 +20,7 @@ fn captured_egress_reaches_outside_server_from_the_pod_ip() {
         ..Default::default()
     });
     let srv: SocketAddr = SocketAddr::new(pod.outside_ip.into(), 8080);
-    in_ns(&pod.out_path(), move || {
-        let l = TcpListener::bind(srv).unwrap();
-        std::thread::spawn(move || {
-            for mut c in l.incoming().flatten() {
-                let mut req = [0u8; 3];
-                if c.read_exact(&mut req).is_ok() {
-                    let peer = c
-                        .peer_addr()
-                        .map(|a| a.ip().to_string())
-                        .unwrap_or_default();
-                    let _ =
-                        c.write_all(format!("{}|{peer}", String::from_utf8_lossy(&req)).as_bytes());
-                }
-            }
-        });
-    });
+    tagging_server(&pod.out_path(), srv);
     assert!(
         nat_rules(&pod.dpu_ns).contains("HETERONET"),
         "capture rules missing"

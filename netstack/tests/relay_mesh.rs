@@ -8,7 +8,7 @@
 mod relay_common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -117,29 +117,6 @@ impl Drop for Proxy {
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.log);
     }
-}
-
-/// A server in `ns` on `addr` that answers each request with
-/// "<request>|<peer ip>" and closes.
-fn tagging_server(ns: &Path, addr: SocketAddr) {
-    in_ns(ns, move || {
-        let l = TcpListener::bind(addr).expect("bind server");
-        std::thread::spawn(move || {
-            for mut c in l.incoming().flatten() {
-                std::thread::spawn(move || {
-                    let mut req = [0u8; 3];
-                    if c.read_exact(&mut req).is_ok() {
-                        let peer = c
-                            .peer_addr()
-                            .map(|a| a.ip().to_string())
-                            .unwrap_or_default();
-                        let reply = format!("{}|{peer}", String::from_utf8_lossy(&req));
-                        let _ = c.write_all(reply.as_bytes());
-                    }
-                });
-            }
-        });
-    });
 }
 
 /// Sends "GET" from `ns` to `addr`; the whole reply, or the error.

@@ -561,3 +561,26 @@ pub fn assert_survived_garbage(
     );
     wait_echo(&pod.cpu_path(), addr);
 }
+
+/// A server in `ns` on `addr` that answers each request with
+/// "<request>|<peer ip>" and closes.
+pub fn tagging_server(ns: &Path, addr: SocketAddr) {
+    in_ns(ns, move || {
+        let l = TcpListener::bind(addr).expect("bind server");
+        std::thread::spawn(move || {
+            for mut c in l.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let mut req = [0u8; 3];
+                    if c.read_exact(&mut req).is_ok() {
+                        let peer = c
+                            .peer_addr()
+                            .map(|a| a.ip().to_string())
+                            .unwrap_or_default();
+                        let reply = format!("{}|{peer}", String::from_utf8_lossy(&req));
+                        let _ = c.write_all(reply.as_bytes());
+                    }
+                });
+            }
+        });
+    });
+}
